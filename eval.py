@@ -1,0 +1,200 @@
+"""Evaluate FHD on a dataset split: whole-split pixel metrics of the change class.
+
+    python eval.py --dataset levir --checkpoint model_ckpt/levir.pth
+    python eval.py --dataset levir --checkpoint model_ckpt/levir.pth --show-dir output_path/levir/label --color
+    python eval.py --dataset levir --pred-dir output_path/levir/label      # score saved PNGs, no model
+
+Replaces the original's `eval.py` + `metrics.py` pair: the test pipeline of `datasets/`
+(keep-ratio resize to the preset's scale, sides to a multiple of 32), full-resolution logits
+resized bilinearly back to the label size, argmax, and one int64 confusion matrix over the
+split. Predictions are always written as lossless PNG (the original wrote DSIFN as JPEG).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.inference import autocast_context, resolve_device
+from utils.metrics import ConfusionMatrix, format_table, save_json_atomic
+from utils.visualize import error_map, imwrite_atomic, mask_to_png, panel
+
+DOWNLOAD_HINT = ('the released FHD checkpoints are linked from the README of '
+                 'github.com/ZSVOS/FHD; put them in model_ckpt/')
+
+
+class EvalError(Exception):
+    """A user-facing problem (bad argument, missing file); printed as one line."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', required=True, help='preset name: levir, levir+, s2looking, dsifn, demo, custom')
+    p.add_argument('--data-root', help="dataset root (default: the preset's, e.g. data/LEVIR)")
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--checkpoint', help='model weights (original FHD release or this project)')
+    p.add_argument('--backbone', default='mit_b2', help='MiT variant the checkpoint was trained with')
+    p.add_argument('--pred-dir', help='score existing 0/255 prediction PNGs (<name>.png) instead of running a model')
+    p.add_argument('--show-dir', help='write predictions (0/255 PNG named like the input) and metrics.json here')
+    p.add_argument('--color', action='store_true',
+                   help='with --show-dir: also write error_map/ (TP white, TN black, FP red, FN green) '
+                        'and panel/ (A | B | label | prediction)')
+    p.add_argument('--output-dir', help='where metrics.json goes without --show-dir (default output_path/<dataset>/)')
+    p.add_argument('--amp', default='none', choices=('none', 'fp16', 'bf16'),
+                   help='autocast dtype; the original evaluated under fp16 autocast on GPU (default fp32)')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    p.add_argument('--batch-size', type=int, default=16, help='images per forward (original: 16)')
+    p.add_argument('--num-workers', type=int, default=2)
+    args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.pred_dir is None):
+        p.error('give exactly one of --checkpoint (run the model) or --pred-dir (score saved predictions)')
+    if args.color and not args.show_dir:
+        p.error('--color needs --show-dir')
+    if args.batch_size < 1:
+        p.error('--batch-size must be >= 1')
+    return args
+
+
+def prediction_name(name):
+    """Prediction file for input `name`: same relative path, always .png (lossless)."""
+    return str(Path(name).with_suffix('.png'))
+
+
+def group_by_shape(samples):
+    """Split a list of samples into runs of equal input shape (a batch must be stackable)."""
+    groups = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample['img'].shape), []).append(sample)
+    return list(groups.values())
+
+
+@torch.inference_mode()
+def predict(model, samples, device, amp='none'):
+    """{0,1} int64 predictions at each sample's original size."""
+    imgs = torch.stack([s['img'] for s in samples]).to(device, non_blocking=True)
+    with autocast_context(device, amp):
+        logits = model(imgs)
+    preds = []
+    for logit, sample in zip(logits.float(), samples):
+        size = tuple(sample['label'].shape[-2:])
+        if tuple(logit.shape[-2:]) != size:
+            logit = F.interpolate(logit[None], size=size, mode='bilinear', align_corners=False)[0]
+        preds.append(logit.argmax(0).cpu())
+    return preds
+
+
+def read_prediction(path, label_shape):
+    pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pred is None:
+        raise EvalError(f'cannot read prediction image {path}')
+    if pred.ndim == 3:          # a 3-channel 0/255 PNG (as the original wrote): channel 0
+        pred = pred[..., 0]
+    if pred.shape != tuple(label_shape):
+        raise EvalError(f'prediction {path} is {pred.shape[1]}x{pred.shape[0]} but its label is '
+                        f'{label_shape[1]}x{label_shape[0]}')
+    return torch.from_numpy(pred != 0)
+
+
+def save_visuals(show_dir, split_dir, sample, pred, color):
+    name = prediction_name(sample['name'])
+    imwrite_atomic(os.path.join(show_dir, name), mask_to_png(pred))
+    if color:
+        from datasets import read_pair
+        a, b = read_pair(split_dir / 'A' / sample['name'], split_dir / 'B' / sample['name'])
+        label = sample['label']
+        imwrite_atomic(os.path.join(show_dir, 'error_map', name), error_map(pred, label))
+        imwrite_atomic(os.path.join(show_dir, 'panel', name), panel(a, b, label, pred))
+
+
+def list_missing(names, limit=5):
+    shown = ', '.join(names[:limit])
+    return shown + (f' ... ({len(names) - limit} more)' if len(names) > limit else '')
+
+
+def evaluate(args):
+    from datasets import ChangeDetectionDataset, get_preset
+
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise EvalError(f'checkpoint not found: {args.checkpoint} ({DOWNLOAD_HINT})')
+    if args.pred_dir and not os.path.isdir(args.pred_dir):
+        raise EvalError(f'--pred-dir is not a folder: {args.pred_dir}')
+    preset = get_preset(args.dataset, args.data_root)
+    dataset = ChangeDetectionDataset(preset, split=args.split, train=False)
+    if len(dataset) == 0:
+        raise EvalError(f'no images in the {args.split} split of {preset.root}')
+    split_dir = Path(preset.root) / preset.splits[args.split]
+    device = resolve_device(args.device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+        collate_fn=list, pin_memory=device.type == 'cuda')
+
+    model = None
+    if args.checkpoint:
+        from models import build_fhd, load_checkpoint
+        model = build_fhd(backbone=args.backbone)
+        load_checkpoint(model, args.checkpoint)
+        model.eval().to(device)
+        if device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True   # fixed test sizes, as the original
+
+    confusion = ConfusionMatrix()
+    missing = []
+    num_images = 0
+    with tqdm(total=len(dataset), desc=f'eval {args.dataset}/{args.split}', unit='img',
+              dynamic_ncols=True) as progress:
+        for samples in loader:
+            if model is not None:
+                preds = [p for group in group_by_shape(samples)
+                         for p in zip(group, predict(model, group, device, args.amp))]
+            else:
+                preds = []
+                for sample in samples:
+                    path = Path(args.pred_dir) / prediction_name(sample['name'])
+                    if not path.is_file():
+                        missing.append(prediction_name(sample['name']))
+                        continue
+                    preds.append((sample, read_prediction(path, sample['label'].shape[-2:])))
+            for sample, pred in preds:
+                confusion.update(pred, sample['label'])
+                if args.show_dir:
+                    save_visuals(args.show_dir, split_dir, sample, pred, args.color)
+            num_images += len(preds)
+            progress.update(len(samples))
+    if missing:
+        raise EvalError(f'{len(missing)} of {len(dataset)} predictions missing in {args.pred_dir}: '
+                        f'{list_missing(missing)}')
+
+    metrics = confusion.compute()
+    out_dir = args.show_dir or args.output_dir or os.path.join('output_path', args.dataset)
+    record = {**metrics, 'num_images': num_images, 'dataset': args.dataset, 'split': args.split,
+              'data_root': str(preset.root), 'checkpoint': args.checkpoint, 'pred_dir': args.pred_dir,
+              'backbone': args.backbone if args.checkpoint else None, 'amp': args.amp}
+    json_path = os.path.join(out_dir, 'metrics.json')
+    save_json_atomic(record, json_path)
+    print(format_table(metrics, f'{args.dataset} {args.split}: {num_images} images'))
+    print(f'metrics written to {json_path}')
+    return record
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from datasets import DatasetError
+    try:
+        from models import CheckpointError
+    except ImportError:                      # --pred-dir must work without the model package
+        CheckpointError = EvalError
+    try:
+        evaluate(args)
+    except (EvalError, DatasetError, CheckpointError, ValueError, OSError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
