@@ -1,0 +1,122 @@
+"""Training checkpoints: atomic writes, `latest.pth`, resume discovery, random states."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+_ITER_NAME = re.compile(r'^iter_(\d+)\.pth$')
+
+
+def _temp_path(path: str) -> str:
+    """A fresh temp name in the destination folder (so os.replace stays on one filesystem)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def save_atomic(obj, path: str) -> str:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
+
+    A reader (or a resumed run after SIGKILL) therefore sees either the old file or the
+    complete new one, never a partial file.
+    """
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def link_atomic(src: str, dst: str) -> str:
+    """Make `dst` a complete copy of `src` (hard link, or a file copy where links fail).
+
+    Unlike the original's symlink, `latest.pth` never dangles and is swapped in one rename.
+    """
+    tmp = _temp_path(dst)
+    os.remove(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return dst
+
+
+def remove_stale_temps(work_dir: str) -> None:
+    """Delete temp files left behind by a killed writer (they are never complete)."""
+    if not os.path.isdir(work_dir):
+        return
+    for name in os.listdir(work_dir):
+        if name.startswith('.') and name.endswith('.tmp') and '.pth.' in name:
+            try:
+                os.remove(os.path.join(work_dir, name))
+            except OSError:
+                pass
+
+
+def find_resume_checkpoint(work_dir: str) -> str | None:
+    """Newest complete checkpoint in `work_dir`: the highest iter_<N>.pth, else latest.pth.
+
+    Every file with a final name is complete because it only appears through os.replace.
+    """
+    if not os.path.isdir(work_dir):
+        return None
+    iters = []
+    for name in os.listdir(work_dir):
+        m = _ITER_NAME.match(name)
+        if m:
+            iters.append((int(m.group(1)), name))
+    if iters:
+        return os.path.join(work_dir, max(iters)[1])
+    latest = os.path.join(work_dir, 'latest.pth')
+    return latest if os.path.isfile(latest) else None
+
+
+def get_rng_state() -> dict:
+    """Every random state, stored with plain types/tensors so `torch.load(weights_only=True)` works."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = dict(python=random.getstate(),
+                 numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                            has_gauss=int(has_gauss), gauss=float(gauss)),
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if not state:
+        return
+    if 'python' in state:
+        version, internal, gauss = state['python']
+        random.setstate((version, tuple(internal), gauss))
+    if 'numpy' in state:
+        n = state['numpy']
+        np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'],
+                             n['has_gauss'], n['gauss']))
+    if 'torch' in state:
+        torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        cuda_states = state['cuda']
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
