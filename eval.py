@@ -100,12 +100,39 @@ def read_prediction(path, label_shape):
     return torch.from_numpy(pred != 0)
 
 
-def save_visuals(show_dir, split_dir, sample, pred, color):
+class LabelsOnly(torch.utils.data.Dataset):
+    """The labels of a split without decoding its images (for --pred-dir)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        from datasets import read_label
+        label = read_label(self.dataset.paths(index)[2])
+        return {'label': torch.from_numpy(label.astype('int64')), 'name': self.dataset.names[index]}
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], 'index': index}
+
+
+def save_visuals(show_dir, dataset, index, sample, pred, color):
     name = prediction_name(sample['name'])
     imwrite_atomic(os.path.join(show_dir, name), mask_to_png(pred))
     if color:
         from datasets import read_pair
-        a, b = read_pair(split_dir / 'A' / sample['name'], split_dir / 'B' / sample['name'])
+        a_path, b_path, _ = dataset.paths(index)
+        a, b = read_pair(a_path, b_path)
         label = sample['label']
         imwrite_atomic(os.path.join(show_dir, 'error_map', name), error_map(pred, label))
         imwrite_atomic(os.path.join(show_dir, 'panel', name), panel(a, b, label, pred))
@@ -127,10 +154,17 @@ def evaluate(args):
     dataset = ChangeDetectionDataset(preset, split=args.split, train=False)
     if len(dataset) == 0:
         raise EvalError(f'no images in the {args.split} split of {preset.root}')
-    split_dir = Path(preset.root) / preset.splits[args.split]
+    if args.pred_dir:
+        missing = [prediction_name(n) for n in dataset.names
+                   if not (Path(args.pred_dir) / prediction_name(n)).is_file()]
+        if missing:
+            raise EvalError(f'{len(missing)} of {len(dataset)} predictions missing in {args.pred_dir}: '
+                            f'{list_missing(missing)}')
     device = resolve_device(args.device)
+    # Samples carry their index so that panels can find the A/B files.
+    indexed = IndexedDataset(LabelsOnly(dataset) if args.pred_dir else dataset)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+        indexed, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
         collate_fn=list, pin_memory=device.type == 'cuda')
 
     model = None
@@ -143,7 +177,6 @@ def evaluate(args):
             torch.backends.cudnn.benchmark = True   # fixed test sizes, as the original
 
     confusion = ConfusionMatrix()
-    missing = []
     num_images = 0
     with tqdm(total=len(dataset), desc=f'eval {args.dataset}/{args.split}', unit='img',
               dynamic_ncols=True) as progress:
@@ -152,22 +185,14 @@ def evaluate(args):
                 preds = [p for group in group_by_shape(samples)
                          for p in zip(group, predict(model, group, device, args.amp))]
             else:
-                preds = []
-                for sample in samples:
-                    path = Path(args.pred_dir) / prediction_name(sample['name'])
-                    if not path.is_file():
-                        missing.append(prediction_name(sample['name']))
-                        continue
-                    preds.append((sample, read_prediction(path, sample['label'].shape[-2:])))
+                preds = [(s, read_prediction(Path(args.pred_dir) / prediction_name(s['name']),
+                                             s['label'].shape[-2:])) for s in samples]
             for sample, pred in preds:
                 confusion.update(pred, sample['label'])
                 if args.show_dir:
-                    save_visuals(args.show_dir, split_dir, sample, pred, args.color)
+                    save_visuals(args.show_dir, dataset, sample['index'], sample, pred, args.color)
             num_images += len(preds)
             progress.update(len(samples))
-    if missing:
-        raise EvalError(f'{len(missing)} of {len(dataset)} predictions missing in {args.pred_dir}: '
-                        f'{list_missing(missing)}')
 
     metrics = confusion.compute()
     out_dir = args.show_dir or args.output_dir or os.path.join('output_path', args.dataset)
