@@ -1,0 +1,107 @@
+"""FHD model numerics: the recorded reference case of the original code, fast == reference."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from models import build_fhd, load_checkpoint, original_key_map
+from models.checkpoint import convert_state_dict
+from models.reference_case import case_input, filled_original_state_dict, load_manifest
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+MANIFEST = load_manifest(FIXTURES / 'fhd_mit_b2_state_dict.json')
+
+
+def rel_err(new, ref):
+    return ((new - ref).abs().max() / ref.abs().max()).item()
+
+
+def filled_model(seed, fast=True):
+    """mit_b2 FHD with fill-rule weights, filled on the ORIGINAL names, then converted."""
+    model = build_fhd('mit_b2', fast=fast)
+    original = filled_original_state_dict(MANIFEST, seed)
+    converted, kind, dropped, _ = convert_state_dict(original, model)
+    assert kind == 'original' and dropped == ['decode_head.conv_seg.bias',
+                                              'decode_head.conv_seg.weight']
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def model_seed1():
+    return filled_model(seed=1)
+
+
+def test_public_reference_case(model_seed1):
+    case = np.load(FIXTURES / 'fhd_public_case.npz')
+    x = torch.from_numpy(case['input'])
+    assert torch.equal(x, case_input(1, 2, 64, 64))          # the documented input recipe
+    model = model_seed1
+    for fast in (False, True):
+        model.fast = fast
+        with torch.no_grad():
+            head = model.forward_head(x)
+            logits = model(x)
+            logits_pair = model((x[:, :3], x[:, 3:]))
+        assert rel_err(head, torch.from_numpy(case['head_logits'])) < 1e-4, fast
+        assert rel_err(logits, torch.from_numpy(case['logits'])) < 1e-4, fast
+        assert torch.equal(logits, logits_pair)
+        margin = (logits[:, 1] - logits[:, 0]).abs()
+        pred = torch.from_numpy(case['pred'])
+        assert torch.equal(logits.argmax(1)[margin > 1e-3], pred[margin > 1e-3])
+
+
+def test_public_case_backbone_features(model_seed1):
+    case = np.load(FIXTURES / 'fhd_public_case.npz')
+    x = torch.from_numpy(case['input'])
+    with torch.no_grad():
+        feats = model_seed1.encoder(torch.cat([x[:, :3], x[:, 3:]]))
+    for i, f in enumerate(feats):
+        assert rel_err(f[:2], torch.from_numpy(case[f'feat{i}_A'])) < 1e-4
+        assert rel_err(f[2:], torch.from_numpy(case[f'feat{i}_B'])) < 1e-4
+
+
+@pytest.mark.parametrize('seed,batch,height,width', [(1, 1, 64, 64), (3, 2, 64, 96)])
+def test_fast_equals_reference(seed, batch, height, width, model_seed1):
+    model = model_seed1 if seed == 1 else filled_model(seed)
+    x = case_input(seed, batch, height, width)
+    with torch.no_grad():
+        model.fast = False
+        ref = model.forward_head(x)
+        model.fast = True
+        fast = model.forward_head(x)
+    assert fast.shape == (batch, 2, height // 4, width // 4)
+    assert rel_err(fast, ref) < 1e-5
+
+
+def test_state_dict_matches_original_manifest():
+    model = build_fhd('mit_b2')
+    key_map = original_key_map(model)
+    own = model.state_dict()
+    expected = {k: s for k, s in MANIFEST.items() if not k.startswith('decode_head.conv_seg.')}
+    assert len(MANIFEST) == 814 and len(expected) == 812
+    assert sorted(key_map.values()) == sorted(expected)             # one-to-one
+    for ours, orig in key_map.items():
+        assert tuple(own[ours].shape) == expected[orig], ours
+    assert sum(p.numel() for p in model.parameters()) == 29_109_074
+
+
+def test_layernorm_eps_structure():
+    model = build_fhd('mit_b2')
+    key_map = original_key_map(model)
+    eps = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.LayerNorm):
+            eps[key_map[name + '.weight'][len('backbone.backbone.'):-len('.weight')]] = m.eps
+    assert len(eps) == 53
+    for name, value in eps.items():
+        small = name.startswith('patch_embed') or name.endswith('attn.norm')
+        assert value == (1e-5 if small else 1e-6), name
+    assert sum(1 for n in eps if n.endswith('attn.norm')) == 3 + 4 + 6   # sr > 1 in stages 1-3
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.eps == 1e-5 and m.momentum == 0.1
+        if isinstance(m, nn.GELU):
+            assert m.approximate == 'none'
