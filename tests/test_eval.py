@@ -48,7 +48,7 @@ def dataset_root(tmp_path_factory):
     """A DSIFN-like custom split: .jpg images, .png labels, two image sizes."""
     root = tmp_path_factory.mktemp('cd')
     rng = np.random.default_rng(0)
-    for name, (h, w) in {'p0': (64, 64), 'p1': (64, 64), 'p2': (64, 96)}.items():
+    for name, (h, w) in {'p0': (64, 64), 'p2': (64, 96)}.items():
         a = rng.integers(0, 256, (h, w, 3), np.uint8)
         b = a.copy()
         label = np.zeros((h, w), np.uint8)
@@ -76,7 +76,7 @@ def evaluated(dataset_root, checkpoint, tmp_path_factory):
     show = tmp_path_factory.mktemp('show') / 'label'
     cmd = [sys.executable, str(REPO / 'eval.py'), '--dataset', 'custom', '--data-root', str(dataset_root),
            '--checkpoint', str(checkpoint), '--backbone', 'mit_b0', '--show-dir', str(show), '--color',
-           '--device', 'cpu', '--batch-size', '3', '--num-workers', '0']
+           '--device', 'cpu', '--batch-size', '2', '--num-workers', '0']
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=show.parent)
     assert result.returncode == 0, result.stderr
     return show, result.stdout
@@ -85,10 +85,10 @@ def evaluated(dataset_root, checkpoint, tmp_path_factory):
 def test_eval_writes_predictions_colour_maps_and_metrics(evaluated, dataset_root):
     show, stdout = evaluated
     metrics = json.loads((show / 'metrics.json').read_text())
-    assert metrics['num_images'] == 3 and metrics['dataset'] == 'custom' and metrics['split'] == 'test'
+    assert metrics['num_images'] == 2 and metrics['dataset'] == 'custom' and metrics['split'] == 'test'
     assert 'Precision' in stdout and 'Kappa' in stdout
     counts = dict(tp=0, fp=0, fn=0, tn=0)
-    for name in ('p0', 'p1', 'p2'):
+    for name in ('p0', 'p2'):
         pred = cv2.imread(str(show / f'{name}.png'), cv2.IMREAD_UNCHANGED)    # .jpg input -> .png
         label = cv2.imread(str(dataset_root / 'test' / 'label' / f'{name}.png'), cv2.IMREAD_UNCHANGED)
         assert pred.shape == label.shape and set(np.unique(pred)) <= {0, 255}
@@ -118,12 +118,12 @@ def test_pred_dir_lists_missing_predictions(evaluated, dataset_root, tmp_path, c
     show, _ = evaluated
     partial = tmp_path / 'partial'
     partial.mkdir()
-    (partial / 'p1.png').write_bytes((show / 'p1.png').read_bytes())
+    (partial / 'p2.png').write_bytes((show / 'p2.png').read_bytes())
     rc = fhd_eval.main(['--dataset', 'custom', '--data-root', str(dataset_root), '--pred-dir', str(partial),
                         '--output-dir', str(tmp_path / 'o'), '--num-workers', '0'])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count('\n') == 1 and err.startswith('error: 2 of 3 predictions missing')
-    assert 'p0.png' in err and 'p2.png' in err and not (tmp_path / 'o' / 'metrics.json').exists()
+    assert rc == 2 and err.count('\n') == 1 and err.startswith('error: 1 of 2 predictions missing')
+    assert 'p0.png' in err and 'p2.png' not in err and not (tmp_path / 'o' / 'metrics.json').exists()
 
 
 def test_missing_checkpoint_and_dataset_are_one_line_errors(dataset_root, tmp_path, capsys):
