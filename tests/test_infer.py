@@ -172,3 +172,17 @@ def test_cli_missing_checkpoint_and_bad_tile(tmp_path, capsys):
     assert 'checkpoint not found' in capsys.readouterr().err
     assert infer.main(['--checkpoint', 'x.pth', '--tile', '100'] + args) == 2
     assert 'multiple of 32' in capsys.readouterr().err
+
+
+def test_cli_single_pair_writes_side_files(tmp_path, checkpoint):
+    import infer
+    rng = np.random.default_rng(1)
+    a, b = tmp_path / 'a.png', tmp_path / 'b.jpg'
+    cv2.imwrite(str(a), rng.integers(0, 256, (40, 52, 3), np.uint8))
+    cv2.imwrite(str(b), rng.integers(0, 256, (40, 52, 3), np.uint8))
+    out = tmp_path / 'res' / 'change.png'
+    assert infer.main(['--checkpoint', str(checkpoint), '--backbone', 'mit_b0', '--a', str(a), '--b', str(b),
+                       '--out', str(out), '--prob', '--overlay', '--device', 'cpu']) == 0
+    assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape == (40, 52)
+    assert cv2.imread(str(tmp_path / 'res' / 'change_prob.png'), cv2.IMREAD_UNCHANGED).shape == (40, 52)
+    assert cv2.imread(str(tmp_path / 'res' / 'change_overlay.png')).shape == (40, 52, 3)
