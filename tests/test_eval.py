@@ -62,11 +62,17 @@ def dataset_root(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
-    from models import build_fhd
+    """A checkpoint laid out like the original release: mmcv dict, original key names with the
+    DataParallel 'module.' prefix, and the unused decode_head.conv_seg."""
+    from models import build_fhd, original_key_map
     torch.manual_seed(0)
+    model = build_fhd(backbone='mit_b0')
+    names = original_key_map(model)
+    state = {'module.' + names[k]: v for k, v in model.state_dict().items()}
+    state['module.decode_head.conv_seg.weight'] = torch.zeros(2, 128, 1, 1)
+    state['module.decode_head.conv_seg.bias'] = torch.zeros(2)
     path = tmp_path_factory.mktemp('ckpt') / 'fhd_b0.pth'
-    torch.save({'meta': {'backbone': 'mit_b0'}, 'state_dict': build_fhd(backbone='mit_b0').state_dict()},
-               path)
+    torch.save({'meta': {'CLASSES': ('background', 'change')}, 'state_dict': state}, path)
     return path
 
 
