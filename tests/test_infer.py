@@ -1,5 +1,4 @@
 """Sliding-window inference (utils.inference) and the infer.py command line."""
-import os
 import subprocess
 import sys
 from pathlib import Path
