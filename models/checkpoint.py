@@ -4,10 +4,9 @@ and the official ImageNet MiT backbones (mit_b*.pth), through one strict convert
 The original names are produced by ``original_key_map`` from this model's own names, so the
 same table serves both directions (loading and the original's optimizer-group rules).
 """
+import importlib
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -93,29 +92,40 @@ def read_checkpoint(path):
         raise CheckpointError(f'{path}: not a file')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        first_error = e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or '
-                              f'corrupt?): {_one_line(e)}') from None
-    # weights_only refuses any pickled class it does not know. mmcv checkpoints normally hold
+    except Exception as e:   # unpickling garbage can raise almost anything (IndexError, ...)
+        first_error = _one_line(e)
+    # weights_only refuses every pickled class it does not know. mmcv checkpoints normally hold
     # only tensors and plain Python types in 'meta'/'optimizer', but some tools store numpy
-    # scalars/arrays there; those are data-only, so allow exactly them and nothing else
-    # (never fall back to full unpickling, which can run arbitrary code).
+    # scalars/arrays there. Those are data-only, so allow exactly the numpy globals the file
+    # names and nothing else; never fall back to full unpickling (it can run arbitrary code).
     try:
-        import numpy as np
-        numpy_globals = [np.ndarray, np.dtype, np.core.multiarray._reconstruct,
-                         np.core.multiarray.scalar] + [type(np.dtype(t)) for t in
-                                                       ('f4', 'f8', 'i4', 'i8', 'u1', 'b1')]
-        with torch.serialization.safe_globals(numpy_globals):
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        unsafe = None
+    if not unsafe:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated, corrupt or '
+                              f'another kind of file): {first_error[:160]}') from None
+    foreign = [g for g in unsafe if g.split('.')[0] != 'numpy']
+    if foreign:
+        raise CheckpointError(f'{path}: refusing to unpickle Python objects other than tensors, '
+                              f'plain types and numpy data: {_fmt_keys(foreign)}') from None
+    try:
+        with torch.serialization.safe_globals([_resolve(g) for g in unsafe] + _numpy_dtypes()):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:   # report the first, more informative error
-        pass
-    msg = _one_line(first_error)
-    if 'invalid load key' in msg or 'could not find MARK' in msg or 'magic number' in msg:
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint ({msg})') from None
-    raise CheckpointError(f'{path}: refused to unpickle objects other than tensors and plain '
-                          f'Python types ({msg[:200]})') from None
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint: '
+                              f'{_one_line(e)[:160]}') from None
+
+
+def _numpy_dtypes():
+    # numpy dtype instances are rebuilt through their per-type classes (numpy.dtypes.*DType)
+    import numpy as np
+    return [getattr(np.dtypes, n) for n in dir(getattr(np, 'dtypes', None)) if n.endswith('DType')]
+
+
+def _resolve(dotted):
+    module, _, name = dotted.rpartition('.')
+    return getattr(importlib.import_module(module), name)
 
 
 def _one_line(e):
@@ -133,7 +143,8 @@ def extract_state_dict(obj, path='checkpoint'):
         raise CheckpointError(f'{path}: not a checkpoint (no state_dict of tensors found)')
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f'{path}: not a state_dict: non-tensor entries {_fmt_keys(bad)}')
+        raise CheckpointError(f'{path}: not a checkpoint (no state_dict of tensors; non-tensor '
+                              f'entries {_fmt_keys(bad)})')
     out = {}
     for k, v in obj.items():
         changed = True

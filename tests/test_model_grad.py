@@ -1,0 +1,86 @@
+"""Training-mode behaviour: gradients reach every parameter, the fast path's on-the-fly fold
+gives the reference path's outputs and gradients, torch.compile matches eager."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import build_fhd
+
+
+def train_step(model, x, label, seed):
+    torch.manual_seed(seed)            # same drop-path / Dropout2d draws for both paths
+    model.zero_grad(set_to_none=True)
+    logits = model(x)
+    F.cross_entropy(logits, label).backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def inputs(seed, batch=2, size=(64, 64)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 6, *size, generator=g), torch.randint(0, 2, (batch, *size), generator=g)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = build_fhd('mit_b0').train()
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for seed in range(3):                 # several inputs so that every TSM path is active
+        _, grads = train_step(model, *inputs(seed), seed)
+        for n, g in grads.items():
+            assert g is not None, n
+            total[n] += g.abs()
+    # the level projections' biases add a per-channel constant before the train-mode fuse BN,
+    # which removes it again: their gradient is zero in exact arithmetic (in the original too)
+    cancelled = {f'decoder.level_proj.{i}.bias' for i in range(4)}
+    # (the TSM biases get tiny but real gradients: the spatial softmax ignores a shift, so only
+    # positions cut off by the ReLU contribute)
+    dead = [n for n, t in total.items() if n not in cancelled and not t.any()]
+    assert not dead, dead
+
+
+def test_train_mode_fast_equals_reference():
+    torch.manual_seed(1)
+    model = build_fhd('mit_b0').train()
+    x, label = inputs(5, batch=2, size=(64, 96))
+    ref_model, fast_model = copy.deepcopy(model), copy.deepcopy(model)
+    ref_model.fast, fast_model.fast = False, True
+    ref_logits, ref_grads = train_step(ref_model, x, label, seed=7)
+    fast_logits, fast_grads = train_step(fast_model, x, label, seed=7)
+    scale = ref_logits.abs().max()
+    assert (fast_logits - ref_logits).abs().max() / scale < 1e-5
+    # relative per parameter, with a floor for gradients that are zero in exact arithmetic
+    # (level_proj biases before the train-mode BN; mask biases under the softmax's shift
+    # invariance), where only float32 round-off is left
+    floor = 1e-6 * max(g.abs().max() for g in ref_grads.values())
+    for n, g in ref_grads.items():
+        err = (fast_grads[n] - g).abs().max().item()
+        assert err <= 1e-4 * g.abs().max().item() + floor, (n, err)
+    # the parameters stay the original ones, and BN running statistics agree
+    for (n, b1), b2 in zip(ref_model.named_buffers(), fast_model.buffers()):
+        assert torch.allclose(b1, b2, rtol=1e-5, atol=1e-6), n
+
+
+def test_eval_fold_cache_follows_weight_updates():
+    model = build_fhd('mit_b0').eval()
+    x, _ = inputs(2, batch=1)
+    with torch.no_grad():
+        model(x)                                       # fills the cache
+        model.decoder.fuse.bn.running_mean.add_(0.5)   # in-place update, as an optimizer does
+        model.decoder.level_proj[2].weight.mul_(1.5)
+        fast = model(x)
+        model.fast = False
+        ref = model(x)
+    assert (fast - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    torch.manual_seed(2)
+    model = build_fhd('mit_b0').eval()
+    x, _ = inputs(3, batch=1)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    assert (compiled - eager).abs().max() / eager.abs().max() < 1e-4
