@@ -2,12 +2,12 @@
 import os
 from collections import Counter
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from .checks import DatasetError, check_split, decode_image, decode_label, scan_images
+from .checks import (DatasetError, check_split, decode_image, decode_label, require_folders,
+                     scan_images)
 from .presets import SPLITS
 from .transforms import test_transform, train_transform
 
@@ -59,6 +59,7 @@ class ChangeDetectionDataset(Dataset):
         self.preset, self.split, self.seed = preset, split, seed
         self.train = (split == 'train') if train is None else train
         self.split_dir = os.path.join(preset.root, preset.splits[split])
+        require_folders(self.split_dir)
         self.img_suffix = preset.img_suffix or _detect_suffix(os.path.join(self.split_dir, 'A'))
         self.label_suffix = preset.label_suffix or (
             _detect_suffix(os.path.join(self.split_dir, 'label')))
@@ -79,8 +80,6 @@ class ChangeDetectionDataset(Dataset):
     def __getitem__(self, key):
         index, stream_id = key if isinstance(key, (tuple, list)) else (key, key)
         index = int(index)
-        if get_worker_info() is not None:
-            cv2.setNumThreads(1)     # workers are the parallelism; avoid oversubscription
         a_path, b_path, label_path = self.paths(index)
         a, b = read_pair(a_path, b_path)
         label = read_label(label_path, a.shape)

@@ -153,11 +153,8 @@ def _check_sample(paths):
     return problems
 
 
-def check_split(split_dir, img_suffix, label_suffix, workers=8, progress=None):
-    """Check a split folder and return its sorted A-relative sample names.
-
-    Raises one DatasetError listing every kind of problem with its first few files.
-    """
+def require_folders(split_dir):
+    """{'A': path, 'B': path, 'label': path}; DatasetError if the split or a folder is missing."""
     folders = {k: os.path.join(split_dir, k) for k in ('A', 'B', 'label')}
     if not os.path.isdir(split_dir):
         raise DatasetError(f'{split_dir}: split folder not found')
@@ -165,6 +162,15 @@ def check_split(split_dir, img_suffix, label_suffix, workers=8, progress=None):
     if missing:
         raise DatasetError(f"{split_dir}: missing folder(s) {', '.join(missing)} "
                            '(expected A/, B/ and label/)')
+    return folders
+
+
+def check_split(split_dir, img_suffix, label_suffix, workers=8, progress=None):
+    """Check a split folder and return its sorted A-relative sample names.
+
+    Raises one DatasetError listing every kind of problem with its first few files.
+    """
+    folders = require_folders(split_dir)
     names = scan_images(folders['A'], img_suffix)
     if not names:
         raise DatasetError(f"{folders['A']}: empty split, no '*{img_suffix}' files")

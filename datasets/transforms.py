@@ -44,8 +44,9 @@ def crop_box(height, width, crop, rng):
 
 def crop_is_balanced(label_crop, cat_max_ratio, ignore_index=255):
     """mmseg's accept rule: more than one class and the largest class < cat_max_ratio."""
-    values, counts = np.unique(label_crop, return_counts=True)
-    counts = counts[values != ignore_index]
+    counts = np.bincount(label_crop.ravel(), minlength=256)   # O(n); np.unique sorts
+    counts[ignore_index] = 0
+    counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
 
 
@@ -102,7 +103,10 @@ def photometric_distortion(image, rng, brightness_delta=32, contrast_range=(0.5,
 
 def normalize_image(bgr):
     """BGR uint8 HxWx3 -> RGB float32 HxWx3 with ImageNet mean/std."""
-    return (bgr[..., ::-1].astype(np.float32) - MEAN) / STD
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
+    rgb -= MEAN
+    rgb /= STD
+    return rgb
 
 
 def to_chw_tensor(image):
@@ -115,12 +119,16 @@ def normalize_pair(a_bgr, b_bgr):
 
 
 def pad_to(image, label, size):
-    """Pad bottom/right to size x size: image with 0 (normalized space), label with 0."""
-    pad_h, pad_w = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
-    if pad_h or pad_w:
-        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-        label = np.pad(label, ((0, pad_h), (0, pad_w)))
-    return image, label
+    """Pad bottom/right to size x size: HxWxC image with 0 (normalized space), label with 0.
+
+    Returns the CHW float32 image and the int64 label (padding and layout change in one copy).
+    """
+    height, width = label.shape
+    out = np.zeros((image.shape[2], max(size, height), max(size, width)), np.float32)
+    out[:, :height, :width] = image.transpose(2, 0, 1)
+    target = np.zeros(out.shape[1:], np.int64)
+    target[:height, :width] = label
+    return out, target
 
 
 def train_transform(a_bgr, b_bgr, label, rng, scale, crop, cat_max_ratio=0.75):
@@ -133,7 +141,7 @@ def train_transform(a_bgr, b_bgr, label, rng, scale, crop, cat_max_ratio=0.75):
     b = photometric_distortion(np.ascontiguousarray(pair[..., 3:]), rng)   # then B
     image = np.concatenate([normalize_image(a), normalize_image(b)], axis=2)
     image, label = pad_to(image, label, crop)
-    return to_chw_tensor(image), torch.from_numpy(label.astype(np.int64))
+    return torch.from_numpy(image), torch.from_numpy(label)
 
 
 def test_size(height, width, scale, divisor=32):
