@@ -156,11 +156,11 @@ def scaled_preset(preset, crop_size):
     return dataclasses.replace(preset, crop=crop_size, scale=scale)
 
 
-def build_model(args, device, info, log):
+def build_model(args, device, info, log, resuming):
     from models import build_fhd, load_checkpoint, original_key_map
     model = build_fhd(backbone=args.backbone, fast=True, drop_path_rate=args.drop_path_rate)
     key_map = original_key_map(model)
-    if args.resume:
+    if resuming:
         pass  # weights come from the checkpoint
     elif args.pretrained.lower() == 'none':
         log.info('training from scratch (--pretrained none)')
@@ -257,13 +257,21 @@ def save_training_checkpoint(ckpt, work_dir, done):
     return path
 
 
-def load_resume(args, model, optimizer, scaler, log):
-    path = args.resume
-    if path == 'auto':
+def resolve_resume(args, log):
+    """The checkpoint to continue from, or None (`auto` in an empty work dir: a fresh start)."""
+    if not args.resume:
+        return None
+    if args.resume == 'auto':
         path = find_resume_checkpoint(args.work_dir)
         if path is None:
             log.info(f'--resume auto: no checkpoint in {args.work_dir}, starting at iteration 0')
-            return 0, {}
+        return path
+    if not os.path.isfile(args.resume):
+        raise TrainError(f'--resume {args.resume}: file not found')
+    return args.resume
+
+
+def load_resume(path, args, model, optimizer, scaler, log):
     if not os.path.isfile(path):
         raise TrainError(f'--resume {path}: file not found')
     try:
@@ -301,8 +309,6 @@ def train(args):
     if args.num_workers is None:
         args.num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' else 0
 
-    from tqdm import tqdm
-    log = TrainLogger(args.work_dir, enabled=info.is_main, echo=tqdm.write)
     configure_determinism(args.seed, args.deterministic)
 
     from datasets import ensure_demo, get_preset
@@ -313,19 +319,23 @@ def train(args):
     if preset.root is None or not os.path.isdir(preset.root):
         raise TrainError(f'--dataset {args.dataset}: folder {preset.root} not found '
                          f'(see README, Datasets; or pass --data-root)')
+    from tqdm import tqdm
+    log = TrainLogger(args.work_dir, enabled=info.is_main, echo=tqdm.write)
     if info.is_main:
         remove_stale_temps(args.work_dir)
         log.info(f'train {args.dataset} ({preset.root}) on {device} x{info.world_size}: '
                  + ' '.join(f'{k}={v}' for k, v in vars(args).items()), echo=False)
 
-    model, key_map = build_model(args, device, info, log)
+    resume_path = resolve_resume(args, log)
+    model, key_map = build_model(args, device, info, log, resuming=resume_path is not None)
     optimizer = torch.optim.AdamW(build_param_groups(model, args.lr, 0.01, key_map),
                                   lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16') if device.type == 'cuda' else None
 
-    start_iter, meta = (load_resume(args, model, optimizer, scaler, log) if args.resume else (0, {}))
+    start_iter, meta = (load_resume(resume_path, args, model, optimizer, scaler, log)
+                        if resume_path else (0, {}))
     best = dict(f1=meta.get('best_f1', -1.0), iter=meta.get('best_iter'))
-    last_ckpt = find_resume_checkpoint(args.work_dir) if start_iter else None
+    last_ckpt = resume_path if start_iter else None
     if start_iter >= args.max_iters:
         log.info(f'nothing to do: checkpoint is at iteration {start_iter} >= --max-iters {args.max_iters}')
         return dict(iter=start_iter)

@@ -142,6 +142,18 @@ def test_sigkill_then_resume_auto(reference_run, tiny_data, tmp_path):
     assert 'nothing to do' in proc.stdout
 
 
+def test_resume_auto_in_empty_dir_still_loads_pretrained(reference_run, tiny_data, tmp_path):
+    # train_eval.sh always passes --resume auto: a first run must start from --pretrained.
+    pretrained = os.path.join(reference_run, 'iter_8.pth')
+    proc = run_train('--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(tmp_path),
+                     '--max-iters', '1', '--resume', 'auto', *TINY, '--pretrained', pretrained)
+    assert 'starting at iteration 0' in proc.stdout and 'loaded pretrained' in proc.stdout
+    start, after = load_weights(pretrained), load_weights(tmp_path / 'latest.pth')
+    params = [k for k in start if 'running_' not in k and 'num_batches' not in k]
+    # the first step's lr is 6e-11: the weights are still the pretrained ones
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in params)
+
+
 def test_find_resume_checkpoint_prefers_newest_iter(tmp_path):
     assert find_resume_checkpoint(str(tmp_path)) is None
     save_atomic({'x': 1}, str(tmp_path / 'iter_10.pth'))
@@ -207,14 +219,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_bad_arguments_are_one_line_errors(tiny_data, tmp_path):
-    proc = run_train('--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(tmp_path),
-                     '--resume', str(tmp_path / 'missing.pth'), *TINY, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith('error: --resume')
-    assert 'Traceback' not in proc.stderr
-    proc = run_train('--dataset', 'levir', '--data-root', str(tmp_path / 'nowhere'), *TINY, check=False)
-    assert proc.returncode == 2 and 'not found' in proc.stderr and 'Traceback' not in proc.stderr
+def test_bad_arguments_are_one_line_errors(tiny_data, tmp_path, capsys, one_thread):
+    rc = train.main(['--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(tmp_path),
+                     '--resume', str(tmp_path / 'missing.pth'), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.splitlines()[-1].startswith('error: --resume') and 'not found' in err
+    rc = train.main(['--dataset', 'levir', '--data-root', str(tmp_path / 'nowhere'),
+                     '--work-dir', str(tmp_path / 'w'), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and 'nowhere' in err and 'not found' in err and 'Traceback' not in err
+    assert not (tmp_path / 'w').exists()          # nothing is created for bad input
+    rc = train.main(['--dataset', 'demo', '--data-root', tiny_data, '--max-iters', '0'])
+    assert rc == 2 and '--max-iters must be positive' in capsys.readouterr().err
 
 
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
@@ -241,3 +257,22 @@ def test_train_eval_sh_skips_missing_dataset(tmp_path):
     assert f'skipping levir: dataset folder {tmp_path}/LEVIR not found' in proc.stdout
     assert f'skipping dsifn: dataset folder {tmp_path}/DSIFN not found' in proc.stdout
     assert not (tmp_path / 'w').exists()
+
+
+def test_train_eval_sh_demo_end_to_end(tiny_data, tmp_path):
+    """`bash train_eval.sh demo`: train, then eval.py with --show-dir and --color (tiny settings)."""
+    import shutil
+    shutil.copytree(tiny_data, tmp_path / 'demo')     # present, so ensure_demo generates nothing
+    env = dict(_env(), DATA_ROOT=str(tmp_path), WORK_ROOT=str(tmp_path / 'w'),
+               OUTPUT_ROOT=str(tmp_path / 'o'),
+               TRAIN_ARGS='--backbone mit_b0 --max-iters 2 --batch-size 2 --crop-size 64 '
+                          '--pretrained none --device cpu',
+               EVAL_ARGS='--backbone mit_b0 --device cpu --num-workers 0')
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'train_eval.sh'), 'demo'], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / 'w' / 'fhd.demo' / 'latest.pth').is_file()
+    metrics = json.load(open(tmp_path / 'o' / 'demo' / 'label' / 'metrics.json'))
+    assert {'precision', 'recall', 'f1', 'iou', 'oa', 'kappa'} <= set(metrics)
+    assert (tmp_path / 'o' / 'demo' / 'label' / 'test_0000.png').is_file()
+    assert 'finished: demo' in proc.stdout
