@@ -190,13 +190,15 @@ def check_split(split_dir, img_suffix, label_suffix, workers=8, progress=None):
     jobs = [(os.path.join(folders['A'], n), os.path.join(folders['B'], n),
              os.path.join(folders['label'], to_label(n)), n) for n in names]
     show = len(jobs) >= 2000 if progress is None else progress
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(_check_sample, jobs, chunksize=64), total=len(jobs),
-                            desc=f'checking {split_dir}', disable=not show, leave=False))
+    chunks = [jobs[i:i + 256] for i in range(0, len(jobs), 256)]   # few futures, low overhead
+    check_chunk = lambda chunk: [p for job in chunk for p in _check_sample(job)]
     by_problem = {}
-    for problems in results:
-        for what, name in problems:
-            by_problem.setdefault(what, []).append(name)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(jobs), disable=not show,
+                                                   desc=f'checking {split_dir}', leave=False) as bar:
+        for chunk, problems in zip(chunks, pool.map(check_chunk, chunks)):
+            bar.update(len(chunk))
+            for what, name in problems:
+                by_problem.setdefault(what, []).append(name)
     if by_problem:
         raise DatasetError(f'{split_dir}: ' + '; '.join(
             f'{len(found)} file(s) with {what}: {list_names(found)}'
