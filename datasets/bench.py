@@ -19,19 +19,27 @@ from .presets import get_preset
 from .sampler import TrainSampler
 
 
-def measure_loader_throughput(preset, num_workers=2, n_batches=20, batch_size=16, warmup=2,
-                              seed=1208):
+def measure_loader_throughput(preset=None, num_workers=2, n_batches=20, batch_size=16, warmup=2,
+                              seed=1208, size=256, pairs=64):
     """Pairs per second delivered by a DataLoader over `preset`'s train split.
 
-    `preset`: a Preset or a preset name. The first `warmup` batches (worker start-up) are not
-    timed.
+    `preset`: a Preset, a preset name, or None for `pairs` generated `size`-px pairs in a
+    temporary folder (scale = crop = size). The first `warmup` batches (worker start-up) are
+    not timed.
     """
+    if preset is None:
+        from .synthetic import generate
+        with tempfile.TemporaryDirectory() as root:
+            generate(root, seed=0, counts={'train': pairs}, size=size)
+            preset = dataclasses.replace(get_preset('custom', data_root=root),
+                                         scale=size, crop=size)
+            return measure_loader_throughput(preset, num_workers, n_batches, batch_size,
+                                             warmup, seed)
     if isinstance(preset, str):
         preset = get_preset(preset)
     dataset = ChangeDetectionDataset(preset, 'train', train=True, seed=seed)
     sampler = TrainSampler(len(dataset), batch_size, seed=seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     batches = iter(loader)
     for _ in range(warmup):
         next(batches)
@@ -39,7 +47,7 @@ def measure_loader_throughput(preset, num_workers=2, n_batches=20, batch_size=16
     for _ in range(n_batches):
         next(batches)
     elapsed = time.perf_counter() - start
-    del batches
+    del batches                                   # stops the workers
     return n_batches * batch_size / elapsed
 
 
@@ -51,13 +59,9 @@ def main(argv=None):
     parser.add_argument('--batches', type=int, default=20)
     parser.add_argument('--pairs', type=int, default=64, help='pairs to generate')
     args = parser.parse_args(argv)
-    from .synthetic import generate
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as root:
-        generate(root, seed=0, counts={'train': args.pairs}, size=args.size)
-        preset = dataclasses.replace(get_preset('custom', data_root=root),
-                                     scale=args.size, crop=args.size)
-        rate = measure_loader_throughput(preset, args.workers, args.batches, args.batch_size)
+    rate = measure_loader_throughput(None, args.workers, args.batches, args.batch_size,
+                                     size=args.size, pairs=args.pairs)
     print(f'train pipeline at {args.size}px, {args.workers} workers, batch {args.batch_size}: '
           f'{rate:.1f} pairs/s')
     return 0

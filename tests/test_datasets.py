@@ -480,3 +480,10 @@ def test_check_split_progress_bar_option(tmp_path):
     make_dataset(tmp_path, n=2, splits=('train',))
     assert check_split(str(tmp_path / 'train'), '.png', '.png', progress=True) == \
         ['train_0.png', 'train_1.png']
+
+
+def test_measure_loader_throughput_on_generated_set():
+    from datasets import measure_loader_throughput
+    rate = measure_loader_throughput(None, num_workers=0, n_batches=1, batch_size=2, warmup=0,
+                                     size=32, pairs=4)
+    assert rate > 0
