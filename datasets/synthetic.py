@@ -43,7 +43,7 @@ def make_scene(rng, size):
     texture = (12 * _smooth_noise(rng, size, max(size // 24, 2), 1)      # brightness
                + 4 * _smooth_noise(rng, size, max(size // 24, 2), 3)     # slight tint
                + 6 * _smooth_noise(rng, size, max(size // 6, 2), 1)
-               + 3 * rng.normal(size=(size, size, 1)).astype(np.float32))
+               + 3 * rng.standard_normal((size, size, 1), np.float32))
     scene = {'size': size, 'ground': ground + texture, 'roads': [], 'trees': [], 'buildings': []}
     occupied = np.zeros((size, size), np.uint8)
     for _ in range(rng.integers(0, 3)):
@@ -114,11 +114,12 @@ def render(scene, date, rng):
         cv2.fillPoly(img, [half.astype(np.int32)], tuple(map(float, b['colour'] * 0.8)))
     img = cv2.GaussianBlur(img, (3, 3), 0.7)
     if date == 1:
-        img = img * rng.uniform(0.88, 1.12, 3) + rng.uniform(-20, 20)         # global shift
+        gain, offset = rng.uniform(0.88, 1.12, 3), rng.uniform(-20, 20)     # global shift
+        img = img * gain.astype(np.float32) + np.float32(offset)
         shift = rng.integers(-2, 3, 2)                                        # misregistration
         img = cv2.warpAffine(img, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]),
                              (size, size), borderMode=cv2.BORDER_REFLECT)
-    img = img + rng.normal(0, rng.uniform(2, 6), img.shape)
+    img += rng.standard_normal(img.shape, np.float32) * np.float32(rng.uniform(2, 6))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
