@@ -69,9 +69,13 @@ def test_eval_fold_cache_follows_weight_updates():
         model(x)                                       # fills the cache
         model.decoder.fuse.bn.running_mean.add_(0.5)   # in-place update, as an optimizer does
         model.decoder.level_proj[2].weight.mul_(1.5)
+        model.decoder.levels[0].aggregate_a.bottleneck.bn.running_var.mul_(2.0)
+        model.decoder.levels[3].aggregate_b.query_proj[1].conv.weight.neg_()
         fast = model(x)
         model.fast = False
         ref = model(x)
+        model.fast = True
+        assert torch.equal(model(x), fast)             # cached folds are reused
     assert (fast - ref).abs().max() / ref.abs().max() < 1e-5
 
 
