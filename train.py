@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import functools
 import math
 import os
 import random
@@ -28,6 +28,7 @@ from utils import dist as distu
 from utils.checkpoint import (find_resume_checkpoint, get_rng_state, link_atomic,
                               remove_stale_temps, save_atomic, set_rng_state)
 from utils.logger import TrainLogger, memory_mb
+from utils.metrics import save_json_atomic
 from utils.schedule import build_param_groups, set_lr
 
 IGNORE_INDEX = 255
@@ -294,6 +295,36 @@ def load_resume(path, args, model, optimizer, scaler, log):
     return int(meta['iter']), meta
 
 
+def train_step(net, optimizer, scaler, img, label, device, amp):
+    """One update: forward (optionally autocast), pixel CE, backward, AdamW step."""
+    with autocast(device, amp):
+        logits = net(img)
+    loss = compute_loss(logits, label)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():  # fp16: scaled loss, skip steps with inf grads
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+def validate(model, val_ds, device, args, log, done, best, make_checkpoint):
+    """Evaluate the val split, log it, and write best.pth when F1 improves."""
+    metrics = dict(evaluate(model, val_ds, device, args.amp), iter=done)
+    log.record(mode='val', **metrics)
+    log.info(f"val iter {done}: F1 {metrics['f1']:.4f} IoU {metrics['iou']:.4f} "
+             f"P {metrics['precision']:.4f} R {metrics['recall']:.4f}")
+    if metrics['f1'] > best['f1']:
+        best = dict(f1=metrics['f1'], iter=done)
+        save_atomic(make_checkpoint(dict(val_metrics=metrics, best_f1=best['f1'], best_iter=done)),
+                    os.path.join(args.work_dir, 'best.pth'))
+        log.info(f"new best F1 {best['f1']:.4f} at iteration {done} -> best.pth")
+    return metrics, best
+
+
 def check_finite(value: float, done: int, last_ckpt):
     if not math.isfinite(value):
         where = f'last good checkpoint: {last_ckpt}' if last_ckpt else 'no checkpoint was written yet'
@@ -338,14 +369,15 @@ def train(args):
     last_ckpt = resume_path if start_iter else None
     if start_iter >= args.max_iters:
         log.info(f'nothing to do: checkpoint is at iteration {start_iter} >= --max-iters {args.max_iters}')
+        log.close()
         return dict(iter=start_iter)
 
     train_ds, loader = build_train_loader(preset, args, info, start_iter, device)
     val_ds = build_val_dataset(preset, log) if args.eval_interval and info.is_main else None
     net = wrap_model(model, args, device, info)
     if info.is_main:
-        with open(os.path.join(args.work_dir, 'config.json'), 'w') as f:
-            json.dump(dict(vars(args), world_size=info.world_size, train_samples=len(train_ds)), f, indent=2)
+        save_json_atomic(dict(vars(args), world_size=info.world_size, train_samples=len(train_ds)),
+                         os.path.join(args.work_dir, 'config.json'))
 
     schedule = dict(warmup_iters=args.warmup_iters)
     # GPU: read the loss back only every log interval (a .item() is a host sync).
@@ -364,17 +396,7 @@ def train(args):
             img = batch['img'].to(device, non_blocking=True)
             label = batch['label'].to(device, non_blocking=True)
             lr = set_lr(optimizer, it, args.lr, args.max_iters, **schedule)
-            with autocast(device, args.amp):
-                logits = net(img)
-            loss = compute_loss(logits, label)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            loss = train_step(net, optimizer, scaler, img, label, device, args.amp)
             loss_sum += loss.detach()
             n_sum += 1
             done = it + 1
@@ -399,18 +421,8 @@ def train(args):
                 n_sum, t_last = 0, now
             if eval_now:
                 if info.is_main and val_ds is not None:
-                    last_val = evaluate(model, val_ds, device, args.amp)
-                    last_val['iter'] = done
-                    log.record(mode='val', **last_val)
-                    log.info(f"val iter {done}: F1 {last_val['f1']:.4f} IoU {last_val['iou']:.4f} "
-                             f"P {last_val['precision']:.4f} R {last_val['recall']:.4f}")
-                    if last_val['f1'] > best['f1']:
-                        best = dict(f1=last_val['f1'], iter=done)
-                        save_atomic(checkpoint_dict(model, optimizer, scaler, done, args,
-                                                    dict(val_metrics=last_val, best_f1=best['f1'],
-                                                         best_iter=done)),
-                                    os.path.join(args.work_dir, 'best.pth'))
-                        log.info(f"new best F1 {best['f1']:.4f} -> best.pth")
+                    make_ckpt = functools.partial(checkpoint_dict, model, optimizer, scaler, done, args)
+                    last_val, best = validate(model, val_ds, device, args, log, done, best, make_ckpt)
                 distu.barrier()
             if save_now:
                 if info.is_main:
@@ -419,6 +431,9 @@ def train(args):
                         checkpoint_dict(model, optimizer, scaler, done, args, extra), args.work_dir, done)
                     log.info(f'saved {last_ckpt}', echo=False)
                 distu.barrier()
+    except NonFiniteLoss as e:
+        log.info(f'error: {e}', echo=False)
+        raise
     finally:
         bar.close()
 
@@ -431,7 +446,6 @@ def train(args):
     if last_val is not None:
         summary.update(val=last_val, best=best)
     if info.is_main:
-        from utils.metrics import save_json_atomic
         save_json_atomic(summary, os.path.join(args.work_dir, 'final_metrics.json'))
         log.info(f"done: {args.max_iters} iterations, final loss {last_loss:.4f}, "
                  f"{summary['s_per_iter']:.3f} s/it; checkpoint {summary['checkpoint']}")
