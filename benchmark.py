@@ -1,0 +1,322 @@
+"""Speed, memory and correctness benchmark of FHD in one process.
+
+    python benchmark.py                      # CPU: 2 threads, the README's table
+    python benchmark.py --device cuda        # GPU: adds bf16 / channels_last / compile variants
+    python benchmark.py --quick              # smaller, for a smoke run
+
+Variants are run alternately (round robin), so that clock drift and other load hit all of them
+alike; the median of the repeats is reported. Every variant's output is compared with the fp32
+reference path on the same weights and input, so a speed-up never silently costs correctness.
+Results are printed as a table and written as JSON (--json, default work_dirs/benchmark.json).
+"""
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models import build_fhd, model_cost
+
+PAPER_ITERS, PAPER_BATCH = 80_000, 16
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    p.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
+    p.add_argument('--size', type=int, default=256)
+    p.add_argument('--eval-batches', type=int, nargs='+', default=[1, 8, 32])
+    p.add_argument('--train-batch', type=int, default=None, help='default 8 on CPU, 16 on GPU')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--workers', type=int, nargs='+', default=[2])
+    p.add_argument('--no-memory', action='store_true', help='skip the per-variant peak-memory runs')
+    p.add_argument('--no-data', action='store_true', help='skip the data-pipeline measurement')
+    p.add_argument('--quick', action='store_true', help='batch 1/8 eval, 3 repeats')
+    p.add_argument('--json', default='work_dirs/benchmark.json')
+    p.add_argument('--_memory-probe', dest='memory_probe', default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def pick_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'cuda' and not torch.cuda.is_available():
+        sys.exit('error: --device cuda: no CUDA device is available')
+    return torch.device(name)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def rel_err(x, ref):
+    x, ref = x.float(), ref.float()
+    return ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def round_robin(fns, device, repeats, warmup):
+    """Run each named callable `warmup` times, then `repeats` rounds alternating; median seconds."""
+    times = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            dt, _ = timed(fn, device)
+            if r >= warmup:
+                times[name].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_ceiling(device, dtype):
+    """Practical FLOP/s ceiling of this machine: a large square matrix product."""
+    n = 4096 if device.type == 'cpu' else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    runs = 3 if device.type == 'cpu' else 20
+    t = round_robin({'mm': lambda: a @ b}, device, runs, 1)['mm']
+    return 2 * n ** 3 / t
+
+
+def make_model(device, fast, channels_last=False, compile_=False, train=False, seed=0):
+    torch.manual_seed(seed)
+    model = build_fhd('mit_b2', fast=fast).to(device)
+    model.train(train)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_ else model
+
+
+def eval_variants(device):
+    variants = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
+    if device.type == 'cuda':
+        variants['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
+        variants['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
+    return variants
+
+
+def train_variants(device):
+    variants = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
+    if device.type == 'cuda':
+        variants['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
+        variants['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
+    return variants
+
+
+def build_variant(base_state, device, cfg, train):
+    model = make_model(device, cfg['fast'], train=train)
+    model.load_state_dict(base_state)
+    if cfg.get('channels_last'):
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.get('compile_') else model
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def bench_eval(args, device, base_state, flops_ref, flops_fast):
+    rows = []
+    for batch in args.eval_batches:
+        g = torch.Generator().manual_seed(batch)
+        x = torch.randn(batch, 6, args.size, args.size, generator=g).to(device)
+        fns, errs = {}, {}
+        ref_model = build_variant(base_state, device, dict(fast=False), train=False)
+        with torch.inference_mode():
+            ref_out = ref_model(x)
+        for name, cfg in eval_variants(device).items():
+            model = ref_model if name == 'reference fp32' else build_variant(base_state, device, cfg, False)
+            xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
+
+            def run(model=model, xin=xin, amp=cfg.get('amp')):
+                with torch.inference_mode(), autocast(device, amp):
+                    return model(xin)
+            errs[name] = rel_err(run(), ref_out)
+            fns[name] = run
+        med = round_robin(fns, device, args.repeats, args.warmup)
+        for name, cfg in eval_variants(device).items():
+            flops = (flops_fast if cfg['fast'] else flops_ref) * batch
+            rows.append(dict(kind='eval', variant=name, batch=batch, median_s=med[name],
+                             pairs_per_s=batch / med[name], achieved_flops=flops / med[name],
+                             rel_err_vs_ref=errs[name]))
+        del fns, ref_model
+    return rows
+
+
+def bench_train(args, device, base_state, flops_ref, flops_fast):
+    batch = args.train_batch or (8 if device.type == 'cpu' else 16)
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(batch, 6, args.size, args.size, generator=g).to(device)
+    y = (torch.rand(batch, args.size, args.size, generator=g) > 0.8).long().to(device)
+    fns, errs = {}, {}
+    ref_model = build_variant(base_state, device, dict(fast=False), train=True)
+    torch.manual_seed(0)  # same drop-path / dropout draws for the check below
+    ref_out = ref_model(x).detach()
+    for name, cfg in train_variants(device).items():
+        model = build_variant(base_state, device, cfg, train=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+        xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
+        with autocast(device, cfg.get('amp')):
+            torch.manual_seed(0)
+            errs[name] = rel_err(model(xin).detach(), ref_out)
+
+        def step(model=model, opt=opt, xin=xin, amp=cfg.get('amp')):
+            with autocast(device, amp):
+                loss = F.cross_entropy(model(xin), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        fns[name] = step
+    med = round_robin(fns, device, args.repeats, args.warmup)
+    rows = []
+    for name, cfg in train_variants(device).items():
+        # training step ~ 3x the forward FLOPs (forward + two backward matmuls)
+        flops = 3 * (flops_fast if cfg['fast'] else flops_ref) * batch
+        pps = batch / med[name]
+        rows.append(dict(kind='train', variant=name, batch=batch, median_s=med[name], pairs_per_s=pps,
+                         achieved_flops=flops / med[name], rel_err_vs_ref=errs[name],
+                         projected_full_schedule_h=PAPER_ITERS * PAPER_BATCH / pps / 3600))
+    return rows
+
+
+def bench_data(args):
+    from datasets import measure_loader_throughput
+    rows = []
+    for w in args.workers:
+        pps = measure_loader_throughput(None, num_workers=w, n_batches=10 if args.quick else 30,
+                                        batch_size=8)
+        rows.append(dict(kind='data', variant=f'train pipeline {args.size}px', workers=w, pairs_per_s=pps))
+    return rows
+
+
+def memory_probe(args, device, spec):
+    """Run in a child process: one variant, report its peak memory (MiB)."""
+    kind, name, batch = spec.split('|')
+    batch = int(batch)
+    cfgs = eval_variants(device) if kind == 'eval' else train_variants(device)
+    cfg = cfgs[name]
+    model = build_variant(make_model(device, True).state_dict(), device, cfg, train=(kind == 'train'))
+    x = torch.randn(batch, 6, args.size, args.size, device=device)
+    if cfg.get('channels_last'):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with autocast(device, cfg.get('amp')):
+        if kind == 'eval':
+            with torch.inference_mode():
+                model(x)
+        else:
+            y = torch.zeros(batch, args.size, args.size, dtype=torch.long, device=device)
+            F.cross_entropy(model(x), y).backward()
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:  # growth of the resident set over the model+input baseline
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    print(json.dumps({'peak_mib': peak}))
+
+
+def measure_memory(args, rows):
+    for row in rows:
+        if row['kind'] not in ('eval', 'train'):
+            continue
+        spec = f"{row['kind']}|{row['variant']}|{row['batch']}"
+        cmd = [sys.executable, __file__, '--device', args.device, '--threads', str(args.threads),
+               '--size', str(args.size), '--_memory-probe', spec]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            row['peak_mib'] = json.loads(out.stdout.strip().splitlines()[-1])['peak_mib']
+        except (IndexError, ValueError, KeyError):
+            row['peak_mib'] = None
+
+
+def print_table(rows, ceiling, device):
+    print(f'\nFHD benchmark on {device_name(device)}, torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s')
+    hdr = f"{'kind':6} {'variant':24} {'batch':>5} {'median s':>9} {'pairs/s':>9} {'GFLOP/s':>8} " \
+          f"{'%ceil':>6} {'rel err':>9} {'peak MiB':>9}"
+    print(hdr)
+    print('-' * len(hdr))
+    for r in rows:
+        if r['kind'] == 'data':
+            print(f"{'data':6} {r['variant']:24} {'w=' + str(r['workers']):>5} {'':>9} {r['pairs_per_s']:9.1f}")
+            continue
+        mem = f"{r['peak_mib']:9.0f}" if r.get('peak_mib') is not None else f"{'-':>9}"
+        print(f"{r['kind']:6} {r['variant']:24} {r['batch']:5d} {r['median_s']:9.4f} {r['pairs_per_s']:9.2f} "
+              f"{r['achieved_flops'] / 1e9:8.1f} {100 * r['achieved_flops'] / ceiling:6.1f} "
+              f"{r['rel_err_vs_ref']:9.2e} {mem}")
+    for kind in ('eval', 'train'):
+        by = {}
+        for r in rows:
+            if r['kind'] == kind:
+                by.setdefault(r['batch'], {})[r['variant']] = r['median_s']
+        for b, v in by.items():
+            if 'reference fp32' in v and 'fast fp32' in v:
+                print(f"{kind} batch {b}: fast path is {v['reference fp32'] / v['fast fp32']:.2f}x the reference path")
+    for r in rows:
+        if r['kind'] == 'train':
+            print(f"projected paper schedule ({PAPER_ITERS} x {PAPER_BATCH} pairs) with {r['variant']}: "
+                  f"{r['projected_full_schedule_h']:.1f} h")
+
+
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'cpu'
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        return memory_probe(args, device, args.memory_probe)
+    if args.quick:
+        args.eval_batches, args.repeats, args.warmup = [1, 8], 3, 1
+    base_state = make_model(device, True).state_dict()
+    cost_ref = model_cost(build_fhd('mit_b2', fast=False), size=(args.size, args.size))
+    cost_fast = model_cost(build_fhd('mit_b2', fast=True), size=(args.size, args.size))
+    ceiling = matmul_ceiling(device, torch.float32 if device.type == 'cpu' else torch.bfloat16)
+    rows = bench_eval(args, device, base_state, cost_ref['flops'], cost_fast['flops'])
+    rows += bench_train(args, device, base_state, cost_ref['flops'], cost_fast['flops'])
+    if not args.no_data:
+        rows += bench_data(args)
+    if not args.no_memory:
+        measure_memory(args, rows)
+    print_table(rows, ceiling, device)
+    result = dict(device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                  size=args.size, matmul_ceiling_flops=ceiling, params=cost_fast['params'],
+                  flops_per_pair=dict(reference=cost_ref['flops'], fast=cost_fast['flops']), rows=rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    tmp = args.json + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, args.json)
+    print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()
