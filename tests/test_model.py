@@ -105,3 +105,13 @@ def test_layernorm_eps_structure():
             assert m.eps == 1e-5 and m.momentum == 0.1
         if isinstance(m, nn.GELU):
             assert m.approximate == 'none'
+
+
+def test_bilinear_upsampling_keeps_constants():
+    # why the fold may add each level's bias before upsampling: with align_corners=False the
+    # (clamped) edge rows/columns also get weights summing to one
+    import torch.nn.functional as F
+    for src, dst in [((2, 2), (16, 16)), ((3, 5), (12, 20)), ((4, 6), (32, 48))]:
+        const = torch.full((1, 3, *src), 0.37)
+        up = F.interpolate(const, size=dst, mode='bilinear', align_corners=False)
+        assert torch.allclose(up, torch.full_like(up, 0.37), rtol=1e-6, atol=0)
