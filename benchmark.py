@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_fhd, model_cost
+from utils.schedule import build_optimizer
 
 PAPER_ITERS, PAPER_BATCH = 80_000, 16
 
@@ -92,29 +93,18 @@ def matmul_ceiling(device, dtype):
     return 2 * n ** 3 / t
 
 
-def make_model(device, fast, channels_last=False, compile_=False, train=False, seed=0):
+def make_model(device, fast, train=False, seed=0):
     torch.manual_seed(seed)
-    model = build_fhd('mit_b2', fast=fast).to(device)
-    model.train(train)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile_ else model
+    return build_fhd('mit_b2', fast=fast).to(device).train(train)
 
 
-def eval_variants(device):
-    variants = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
+def variants(device):
+    """The variants compared (the same list for eval and training)."""
+    out = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
     if device.type == 'cuda':
-        variants['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
-        variants['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
-    return variants
-
-
-def train_variants(device):
-    variants = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
-    if device.type == 'cuda':
-        variants['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
-        variants['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
-    return variants
+        out['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
+        out['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
+    return out
 
 
 def build_variant(base_state, device, cfg, train):
@@ -140,7 +130,7 @@ def bench_eval(args, device, base_state, flops_ref, flops_fast):
         ref_model = build_variant(base_state, device, dict(fast=False), train=False)
         with torch.inference_mode():
             ref_out = ref_model(x)
-        for name, cfg in eval_variants(device).items():
+        for name, cfg in variants(device).items():
             model = ref_model if name == 'reference fp32' else build_variant(base_state, device, cfg, False)
             xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
 
@@ -150,7 +140,7 @@ def bench_eval(args, device, base_state, flops_ref, flops_fast):
             errs[name] = rel_err(run(), ref_out)
             fns[name] = run
         med = round_robin(fns, device, args.repeats, args.warmup)
-        for name, cfg in eval_variants(device).items():
+        for name, cfg in variants(device).items():
             flops = (flops_fast if cfg['fast'] else flops_ref) * batch
             rows.append(dict(kind='eval', variant=name, batch=batch, median_s=med[name],
                              pairs_per_s=batch / med[name], achieved_flops=flops / med[name],
@@ -168,9 +158,9 @@ def bench_train(args, device, base_state, flops_ref, flops_fast):
     ref_model = build_variant(base_state, device, dict(fast=False), train=True)
     torch.manual_seed(0)  # same drop-path / dropout draws for the check below
     ref_out = ref_model(x).detach()
-    for name, cfg in train_variants(device).items():
+    for name, cfg in variants(device).items():
         model = build_variant(base_state, device, cfg, train=True)
-        opt = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+        opt = build_optimizer(list(model.parameters()), lr=6e-5)
         xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
         with autocast(device, cfg.get('amp')):
             torch.manual_seed(0)
@@ -185,7 +175,7 @@ def bench_train(args, device, base_state, flops_ref, flops_fast):
         fns[name] = step
     med = round_robin(fns, device, args.repeats, args.warmup)
     rows = []
-    for name, cfg in train_variants(device).items():
+    for name, cfg in variants(device).items():
         # training step ~ 3x the forward FLOPs (forward + two backward matmuls)
         flops = 3 * (flops_fast if cfg['fast'] else flops_ref) * batch
         pps = batch / med[name]
@@ -209,8 +199,7 @@ def memory_probe(args, device, spec):
     """Run in a child process: one variant, report its peak memory (MiB)."""
     kind, name, batch = spec.split('|')
     batch = int(batch)
-    cfgs = eval_variants(device) if kind == 'eval' else train_variants(device)
-    cfg = cfgs[name]
+    cfg = variants(device)[name]
     model = build_variant(make_model(device, True).state_dict(), device, cfg, train=(kind == 'train'))
     x = torch.randn(batch, 6, args.size, args.size, device=device)
     if cfg.get('channels_last'):

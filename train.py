@@ -29,7 +29,7 @@ from utils.checkpoint import (find_resume_checkpoint, get_rng_state, link_atomic
                               remove_stale_temps, save_atomic, set_rng_state)
 from utils.logger import TrainLogger, memory_mb
 from utils.metrics import save_json_atomic
-from utils.schedule import build_param_groups, set_lr
+from utils.schedule import build_optimizer, build_param_groups, set_lr
 
 IGNORE_INDEX = 255
 # The paper's schedule (§3.3, §3.4); presets may shorten it (the demo must run on a laptop CPU).
@@ -359,8 +359,7 @@ def train(args):
 
     resume_path = resolve_resume(args, log)
     model, key_map = build_model(args, device, info, log, resuming=resume_path is not None)
-    optimizer = torch.optim.AdamW(build_param_groups(model, args.lr, 0.01, key_map),
-                                  lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01)
+    optimizer = build_optimizer(build_param_groups(model, args.lr, 0.01, key_map), args.lr)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16') if device.type == 'cuda' else None
 
     start_iter, meta = (load_resume(resume_path, args, model, optimizer, scaler, log)

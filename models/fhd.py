@@ -231,12 +231,18 @@ class FHDDecoder(nn.Module):
         # of 768 channels is several times faster in that layout on CPU, and the sum and the
         # ReLU are layout-agnostic. The returned tensor is NCHW-shaped (channels-last strides).
         size = diffs[0].shape[2:]
-        total = None
+        parts = []
         for d, (w, b) in zip(diffs, folded):
             p = F.linear(d.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
             if p.shape[2:] != size:
                 p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
-            total = p if total is None else total.add_(p)   # in place: nothing saved it
+            parts.append(p)
+        # Sum in place into an upsampled map (a fresh tensor nothing saved). Not into level 1's
+        # map: that one is a permuted view, and an in-place add on a view makes autograd clone
+        # the whole base in backward.
+        total = parts[-1]
+        for p in parts[-2::-1]:
+            total = total.add_(p)
         return total
 
 
@@ -277,6 +283,9 @@ class FHD(nn.Module):
         for m in self.decoder.modules():
             if isinstance(m, ConvBNReLU):
                 m.fold_bn = self._fast
+        for m in self.encoder.modules():
+            if hasattr(m, 'channels_last'):
+                m.channels_last = self._fast
 
     def forward_head(self, x):
         """Logits at 1/4 resolution (the original decode head's output)."""

@@ -57,6 +57,18 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob:.4f}'
 
 
+def tokens_to_map(x, h, w, channels_last):
+    """(B, h*w, C) tokens -> (B, C, h, w) map.
+
+    channels_last: a free view with channels-last strides (oneDNN convs take it as is, and
+    ``flatten(2).transpose(1, 2)`` of their channels-last output is again a free view). Otherwise
+    a contiguous NCHW copy, as the original does (the reference path keeps its exact layout)."""
+    b, _, c = x.shape
+    if channels_last:
+        return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return x.transpose(1, 2).reshape(b, c, h, w)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with overlapping windows, then LayerNorm over channels."""
 
@@ -81,6 +93,7 @@ class EfficientSelfAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.sr_ratio = sr_ratio
+        self.channels_last = False      # set by FHD.fast
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
             self.sr_norm = nn.LayerNorm(dim, eps=EMBED_NORM_EPS)
@@ -90,7 +103,7 @@ class EfficientSelfAttention(nn.Module):
         head_dim = c // self.num_heads
         q = self.q(x).reshape(b, n, self.num_heads, head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            x = self.sr(tokens_to_map(x, h, w, self.channels_last)).flatten(2).transpose(1, 2)
             x = self.sr_norm(x)
         k, v = self.kv(x).reshape(b, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)   # default scale = head_dim ** -0.5
@@ -105,11 +118,11 @@ class MixFFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
+        self.channels_last = False      # set by FHD.fast
 
     def forward(self, x, h, w):
-        x = self.fc1(x)
-        b, n, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+        x = self.dwconv(tokens_to_map(self.fc1(x), h, w, self.channels_last))
+        x = x.flatten(2).transpose(1, 2)
         return self.fc2(F.gelu(x))
 
 
@@ -141,8 +154,7 @@ class MiTStage(nn.Module):
         x, h, w = self.patch_embed(x)
         for block in self.blocks:
             x = block(x, h, w)
-        x = self.norm(x)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return tokens_to_map(self.norm(x), h, w, channels_last=False)
 
 
 class MixVisionTransformer(nn.Module):

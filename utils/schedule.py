@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
+
 # Original `paramwise_cfg.custom_keys`, in mmcv's matching order: longest key first,
 # ties alphabetical -> pos_block, head, norm. The first match wins; missing mults are 1,
 # so a 'head' match keeps weight decay (x1) even for the head's BatchNorms.
@@ -83,3 +85,16 @@ def set_lr(optimizer, i: int, base_lr: float, max_iters: int, **schedule) -> flo
     for group in optimizer.param_groups:
         group['lr'] = lr * group.get('lr_mult', 1.0)
     return optimizer.param_groups[0]['lr']
+
+
+def build_optimizer(param_groups, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999)):
+    """AdamW as the original (eps 1e-8, no amsgrad), with PyTorch's fused kernel where it exists.
+
+    The fused kernel (CPU since torch 2.4, CUDA) does the same update in one pass over all
+    tensors instead of ~10 small ops per tensor; it is ~7 % of a CPU training step otherwise.
+    """
+    try:
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay,
+                                 fused=True)
+    except (RuntimeError, TypeError, ValueError):   # older torch / unsupported device or dtype
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
