@@ -10,6 +10,7 @@
 #   DATA_ROOT=DIR   parent of the dataset folders (LEVIR, LEVIR+, S2Looking, DSIFN, demo), default data
 #   WORK_ROOT=DIR   checkpoints go to DIR/fhd.<dataset>, default work_dirs
 #   OUTPUT_ROOT=DIR predictions and metrics go to DIR/<dataset>, default output_path
+#   ASSETS_DIR=DIR  where the demo writes the README pictures, default assets
 #   TRAIN_ARGS, EVAL_ARGS   extra options for train.py / eval.py (e.g. TRAIN_ARGS="--amp bf16")
 #   PYTHON          interpreter, default python
 #
@@ -23,6 +24,7 @@ GPUS=${GPUS:-1}
 DATA_ROOT=${DATA_ROOT:-data}
 WORK_ROOT=${WORK_ROOT:-work_dirs}
 OUTPUT_ROOT=${OUTPUT_ROOT:-output_path}
+ASSETS_DIR=${ASSETS_DIR:-assets}
 read -r -a train_args <<< "${TRAIN_ARGS:-}"
 read -r -a eval_args <<< "${EVAL_ARGS:-}"
 
@@ -65,6 +67,10 @@ for ds in "${datasets[@]}"; do
     "$PYTHON" eval.py --dataset "$ds" --data-root "$root" --checkpoint "$work_dir/latest.pth" \
         --show-dir "$out_dir/label" --output-dir "$out_dir" ${color[@]+"${color[@]}"} \
         ${eval_args[@]+"${eval_args[@]}"}
+    if [ "$ds" = demo ]; then   # the README's pictures: panels + error maps, loss curve
+        "$PYTHON" tools/demo_figure.py --data-root "$root" --pred-dir "$out_dir/label" \
+            --work-dir "$work_dir" --out "$ASSETS_DIR"
+    fi
     done_list+=("$ds")
 done
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import pytest
 import torch
 
@@ -264,7 +265,7 @@ def test_train_eval_sh_demo_end_to_end(tiny_data, tmp_path):
     import shutil
     shutil.copytree(tiny_data, tmp_path / 'demo')     # present, so ensure_demo generates nothing
     env = dict(_env(), DATA_ROOT=str(tmp_path), WORK_ROOT=str(tmp_path / 'w'),
-               OUTPUT_ROOT=str(tmp_path / 'o'),
+               OUTPUT_ROOT=str(tmp_path / 'o'), ASSETS_DIR=str(tmp_path / 'assets'),
                TRAIN_ARGS='--backbone mit_b0 --max-iters 2 --batch-size 2 --crop-size 64 '
                           '--pretrained none --device cpu',
                EVAL_ARGS='--backbone mit_b0 --device cpu --num-workers 0')
@@ -276,3 +277,7 @@ def test_train_eval_sh_demo_end_to_end(tiny_data, tmp_path):
     assert {'precision', 'recall', 'f1', 'iou', 'oa', 'kappa'} <= set(metrics)
     assert (tmp_path / 'o' / 'demo' / 'label' / 'test_0000.png').is_file()
     assert 'finished: demo' in proc.stdout
+    # the README pictures: one row per test pair with change, 5 panels wide; the loss curve
+    grid = cv2.imread(str(tmp_path / 'assets' / 'demo_results.png'))
+    assert grid is not None and grid.shape[1] == 5 * 64 + 4 * 4
+    assert cv2.imread(str(tmp_path / 'assets' / 'demo_loss.png')) is not None

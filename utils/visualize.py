@@ -81,3 +81,29 @@ def imwrite_atomic(path, img):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def loss_curve(iters, losses, size=(640, 320), title='training loss'):
+    """A plain line plot (BGR uint8) of loss against iteration, drawn with OpenCV."""
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 40
+    img = np.full((h, w, 3), 255, np.uint8)
+    iters, losses = np.asarray(iters, np.float64), np.asarray(losses, np.float64)
+    x0, x1 = 0.0, max(float(iters.max()), 1.0)
+    y0, y1 = 0.0, max(float(losses.max()) * 1.05, 1e-6)
+    px = left + (iters - x0) / (x1 - x0) * (w - left - right)
+    py = h - bottom - (losses - y0) / (y1 - y0) * (h - top - bottom)
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+    for frac in (0.0, 0.5, 1.0):
+        y = int(h - bottom - frac * (h - top - bottom))
+        cv2.putText(img, f'{y0 + frac * (y1 - y0):.2f}', (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        x = int(left + frac * (w - left - right))
+        cv2.putText(img, f'{int(x0 + frac * (x1 - x0))}', (x - 10, h - bottom + 18),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    pts = np.stack([px, py], 1).round().astype(np.int32)
+    cv2.polylines(img, [pts], False, (200, 80, 0), 2, cv2.LINE_AA)
+    cv2.putText(img, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, 'iteration', (w // 2 - 30, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    return img
