@@ -61,17 +61,19 @@ def make_scene(rng, size):
     angle = float(rng.choice([0.0, rng.uniform(-30, 30)]))
     sun = rng.uniform(2, 5, 2) * rng.choice([-1, 1], 2)       # shadow offset (dx, dy)
     no_change = rng.random() < 0.2
-    for _ in range(rng.integers(3, 10)):
-        w, h = rng.integers(8, 31, 2)
+    # Buildings of 10-30 % of the tile side (13-38 px at 128): at the model's 1/4-resolution
+    # output a building is then at least 3 cells wide, as LEVIR's buildings are at 0.5 m/px.
+    for _ in range(rng.integers(4, 12)):
+        w, h = rng.integers(max(size // 10, 4), max(size * 3 // 10, 6) + 1, 2)
         cx, cy = rng.integers(w // 2, size - w // 2), rng.integers(h // 2, size - h // 2)
         roof = _rotated_rect(float(cx), float(cy), float(w), float(h), angle)
         footprint = np.zeros_like(occupied)
         cv2.fillPoly(footprint, [roof], 1)
-        grown = cv2.dilate(footprint, np.ones((7, 7), np.uint8))
+        grown = cv2.dilate(footprint, np.ones((5, 5), np.uint8))
         if (grown & occupied).any():
             continue
         occupied |= grown
-        status = 'both' if no_change else rng.choice(['both', 'new', 'gone'], p=[.35, .4, .25])
+        status = 'both' if no_change else rng.choice(['both', 'new', 'gone'], p=[.3, .4, .3])
         scene['buildings'].append({
             'roof': roof, 'shadow': (roof + np.round(sun)).astype(np.int32),
             'colour': np.array(ROOFS[rng.integers(len(ROOFS))], np.float32)

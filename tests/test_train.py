@@ -88,8 +88,10 @@ def test_reference_run_outputs(reference_run):
     train_recs = [r for r in records if r['mode'] == 'train']
     assert [r['iter'] for r in train_recs] == list(range(1, 9))
     assert all({'loss', 'lr', 'time', 'memory'} <= set(r) for r in train_recs)
-    # the logged lr is the closed form (warmup 30 for the demo preset, max 8)
-    assert train_recs[3]['lr'] == pytest.approx(6e-5 * (1 - 3 / 8) * (1 - (1 - 3 / 30) * (1 - 1e-6)))
+    # the logged lr is the closed form (the demo preset's lr and warmup, max 8)
+    demo = train.PRESET_SCHEDULES['demo']
+    lr, warmup = demo['lr'], demo['warmup_iters']
+    assert train_recs[3]['lr'] == pytest.approx(lr * (1 - 3 / 8) * (1 - (1 - 3 / warmup) * (1 - 1e-6)))
     assert [r['iter'] for r in records if r['mode'] == 'val'] == [4, 8]
     final = json.load(open(os.path.join(reference_run, 'final_metrics.json')))
     assert final['iters'] == 8 and 'f1' in final['val'] and final['best']['iter'] in (4, 8)
