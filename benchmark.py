@@ -195,6 +195,19 @@ def bench_data(args):
     return rows
 
 
+def peak_rss_mib():
+    """Peak resident set of this process. VmHWM belongs to the address space, so it starts afresh
+    in an exec'd child; ru_maxrss would carry over the parent's peak on Linux."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_probe(args, device, spec):
     """Run in a child process: one variant, report its peak memory (MiB)."""
     kind, name, batch = spec.split('|')
@@ -206,7 +219,7 @@ def memory_probe(args, device, spec):
         x = x.contiguous(memory_format=torch.channels_last)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = peak_rss_mib()
     with autocast(device, cfg.get('amp')):
         if kind == 'eval':
             with torch.inference_mode():
@@ -217,7 +230,7 @@ def memory_probe(args, device, spec):
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:  # growth of the resident set over the model+input baseline
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+        peak = peak_rss_mib() - base_rss
     print(json.dumps({'peak_mib': peak}))
 
 
