@@ -60,7 +60,7 @@ def make_scene(rng, size):
         scene['trees'].append((centre, axes, int(rng.integers(0, 180))))
     angle = float(rng.choice([0.0, rng.uniform(-30, 30)]))
     sun = rng.uniform(2, 5, 2) * rng.choice([-1, 1], 2)       # shadow offset (dx, dy)
-    no_change = rng.random() < 0.2
+    no_change = rng.random() < 0.1
     # Buildings of 10-30 % of the tile side (13-38 px at 128): at the model's 1/4-resolution
     # output a building is then at least 3 cells wide, as LEVIR's buildings are at 0.5 m/px.
     for _ in range(rng.integers(4, 12)):
@@ -73,7 +73,7 @@ def make_scene(rng, size):
         if (grown & occupied).any():
             continue
         occupied |= grown
-        status = 'both' if no_change else rng.choice(['both', 'new', 'gone'], p=[.3, .4, .3])
+        status = 'both' if no_change else rng.choice(['both', 'new', 'gone'], p=[.15, .5, .35])
         scene['buildings'].append({
             'roof': roof, 'shadow': (roof + np.round(sun)).astype(np.int32),
             'colour': np.array(ROOFS[rng.integers(len(ROOFS))], np.float32)
