@@ -10,9 +10,7 @@ reference path on the same weights and input, so a speed-up never silently costs
 Results are printed as a table and written as JSON (--json, default work_dirs/benchmark.json).
 """
 import argparse
-import copy
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_fhd, model_cost
+from utils.metrics import save_json_atomic
 from utils.schedule import build_optimizer
 
 PAPER_ITERS, PAPER_BATCH = 80_000, 16
@@ -299,24 +298,20 @@ def main(argv=None):
     if args.quick:
         args.eval_batches, args.repeats, args.warmup = [1, 8], 3, 1
     base_state = make_model(device, True).state_dict()
-    cost_ref = model_cost(build_fhd('mit_b2', fast=False), size=(args.size, args.size))
-    cost_fast = model_cost(build_fhd('mit_b2', fast=True), size=(args.size, args.size))
+    cost = model_cost(build_fhd('mit_b2'), size=(args.size, args.size))   # counts both paths
+    flops_ref, flops_fast = cost['flops_reference'], cost['flops_fast']
     ceiling = matmul_ceiling(device, torch.float32 if device.type == 'cpu' else torch.bfloat16)
-    rows = bench_eval(args, device, base_state, cost_ref['flops'], cost_fast['flops'])
-    rows += bench_train(args, device, base_state, cost_ref['flops'], cost_fast['flops'])
+    rows = bench_eval(args, device, base_state, flops_ref, flops_fast)
+    rows += bench_train(args, device, base_state, flops_ref, flops_fast)
     if not args.no_data:
         rows += bench_data(args)
     if not args.no_memory:
         measure_memory(args, rows)
     print_table(rows, ceiling, device)
     result = dict(device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                  size=args.size, matmul_ceiling_flops=ceiling, params=cost_fast['params'],
-                  flops_per_pair=dict(reference=cost_ref['flops'], fast=cost_fast['flops']), rows=rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    tmp = args.json + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.json)
+                  size=args.size, matmul_ceiling_flops=ceiling, params=cost['params'],
+                  flops_per_pair=dict(reference=flops_ref, fast=flops_fast), rows=rows)
+    save_json_atomic(result, args.json)
     print(f'wrote {args.json}')
 
 

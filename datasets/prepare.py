@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.fileio import atomic_path
+
 from .checks import DatasetError, list_names, read_image_info
 
 LABEL_EXTS = ('.png', '.tif', '.tiff', '.bmp')
@@ -44,17 +46,14 @@ RAW = {
 
 
 def _write_png(path, image):
-    """Atomic PNG write: temporary name in the same folder, then os.replace."""
-    tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.tmp.png')
-    if not cv2.imwrite(tmp, image):
-        raise DatasetError(f'{path}: cannot write')
-    os.replace(tmp, path)
+    with atomic_path(path, suffix='.png') as tmp:     # cv2 picks the format from the suffix
+        if not cv2.imwrite(tmp, image):
+            raise DatasetError(f'{path}: cannot write')
 
 
 def _copy(src, dst):
-    tmp = os.path.join(os.path.dirname(dst), f'.{os.path.basename(dst)}.tmp')
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _read(path, label=False):

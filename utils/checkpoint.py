@@ -5,21 +5,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
 
 import numpy as np
 import torch
 
+from utils.fileio import atomic_path
+
 _ITER_NAME = re.compile(r'^iter_(\d+)\.pth$')
-
-
-def _temp_path(path: str) -> str:
-    """A fresh temp name in the destination folder (so os.replace stays on one filesystem)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    return tmp
 
 
 def save_atomic(obj, path: str) -> str:
@@ -28,17 +20,10 @@ def save_atomic(obj, path: str) -> str:
     A reader (or a resumed run after SIGKILL) therefore sees either the old file or the
     complete new one, never a partial file.
     """
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -47,18 +32,12 @@ def link_atomic(src: str, dst: str) -> str:
 
     Unlike the original's symlink, `latest.pth` never dangles and is swapped in one rename.
     """
-    tmp = _temp_path(dst)
-    os.remove(tmp)
-    try:
+    with atomic_path(dst) as tmp:
+        os.remove(tmp)              # os.link needs a free name
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return dst
 
 

@@ -5,11 +5,11 @@ denominators; here counts are exact int64 and every ratio with a zero denominato
 (e.g. precision when nothing is predicted as change), so the output never holds NaN.
 """
 import json
-import os
-import tempfile
 
 import numpy as np
 import torch
+
+from utils.fileio import atomic_path
 
 METRIC_NAMES = ('precision', 'recall', 'f1', 'iou', 'oa', 'kappa')
 DISPLAY_NAMES = {'precision': 'Precision', 'recall': 'Recall', 'f1': 'F1', 'iou': 'IoU',
@@ -86,15 +86,6 @@ def format_table(metrics, title=None):
 
 def save_json_atomic(obj, path):
     """Write JSON to a temp file in the same folder, then rename (never a half-written file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.metrics.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.write('\n')

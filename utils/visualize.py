@@ -1,9 +1,8 @@
 """Pictures of predictions (all BGR uint8, as OpenCV writes them) and lossless atomic writes."""
-import os
-import tempfile
-
 import cv2
 import numpy as np
+
+from utils.fileio import atomic_path
 
 # BGR colours of the error map.
 TP_COLOR = (255, 255, 255)   # white: change found
@@ -67,20 +66,11 @@ def overlay(image_bgr, mask, color=(0, 0, 255), alpha=0.5):
 def imwrite_atomic(path, img):
     """Write a PNG (lossless whatever the requested name: the suffix is forced to .png by the
     callers) via a temp file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     ok, buf = cv2.imencode('.png', img)
     if not ok:
         raise OSError(f'could not encode image for {path}')
-    fd, tmp = tempfile.mkstemp(prefix='.img.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(buf.tobytes())
 
 
 def loss_curve(iters, losses, size=(640, 320), title='training loss'):
