@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from models import build_fhd, model_cost
 from utils.metrics import save_json_atomic
+from utils.runtime import keep_freed_memory
 from utils.schedule import build_optimizer
 
 PAPER_ITERS, PAPER_BATCH = 80_000, 16
@@ -40,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--no-memory', action='store_true', help='skip the per-variant peak-memory runs')
     p.add_argument('--no-data', action='store_true', help='skip the data-pipeline measurement')
     p.add_argument('--quick', action='store_true', help='batch 1/8 eval, 3 repeats')
+    p.add_argument('--default-malloc', action='store_true',
+                   help="keep glibc's default of returning large blocks to the kernel (the "
+                        'programs keep freed memory for reuse, see utils/runtime.py)')
     p.add_argument('--json', default='work_dirs/benchmark.json')
     p.add_argument('--_memory-probe', dest='memory_probe', default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -240,6 +244,8 @@ def measure_memory(args, rows):
         spec = f"{row['kind']}|{row['variant']}|{row['batch']}"
         cmd = [sys.executable, __file__, '--device', args.device, '--threads', str(args.threads),
                '--size', str(args.size), '--_memory-probe', spec]
+        if args.default_malloc:
+            cmd.append('--default-malloc')
         out = subprocess.run(cmd, capture_output=True, text=True)
         try:
             row['peak_mib'] = json.loads(out.stdout.strip().splitlines()[-1])['peak_mib']
@@ -247,9 +253,11 @@ def measure_memory(args, rows):
             row['peak_mib'] = None
 
 
-def print_table(rows, ceiling, device):
+def print_table(rows, ceiling, device, kept):
+    malloc = 'freed memory kept for reuse' if kept else 'default malloc'
     print(f'\nFHD benchmark on {device_name(device)}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s')
+          f'{torch.get_num_threads()} threads, {malloc}; '
+          f'matmul ceiling {ceiling / 1e9:.1f} GFLOP/s')
     hdr = f"{'kind':6} {'variant':24} {'batch':>5} {'median s':>9} {'pairs/s':>9} {'GFLOP/s':>8} " \
           f"{'%ceil':>6} {'rel err':>9} {'peak MiB':>9}"
     print(hdr)
@@ -293,6 +301,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
+    kept = False if args.default_malloc else keep_freed_memory()
     if args.memory_probe:
         return memory_probe(args, device, args.memory_probe)
     if args.quick:
@@ -307,9 +316,10 @@ def main(argv=None):
         rows += bench_data(args)
     if not args.no_memory:
         measure_memory(args, rows)
-    print_table(rows, ceiling, device)
+    print_table(rows, ceiling, device, kept)
     result = dict(device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                  size=args.size, matmul_ceiling_flops=ceiling, params=cost['params'],
+                  size=args.size, keep_freed_memory=kept, matmul_ceiling_flops=ceiling,
+                  params=cost['params'],
                   flops_per_pair=dict(reference=flops_ref, fast=flops_fast), rows=rows)
     save_json_atomic(result, args.json)
     print(f'wrote {args.json}')

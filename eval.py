@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from utils.inference import autocast_context, resolve_device
 from utils.metrics import ConfusionMatrix, format_table, save_json_atomic
+from utils.runtime import keep_freed_memory
 from utils.visualize import error_map, imwrite_atomic, mask_to_png, panel
 
 DOWNLOAD_HINT = ('the released FHD checkpoints are linked from the README of '
@@ -144,6 +145,7 @@ def list_missing(names, limit=5):
 
 
 def evaluate(args):
+    keep_freed_memory()
     from datasets import ChangeDetectionDataset, get_preset
 
     if args.checkpoint and not os.path.isfile(args.checkpoint):

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from utils.inference import resolve_device, sliding_window_logits
+from utils.runtime import keep_freed_memory
 from utils.visualize import imwrite_atomic, mask_to_png, overlay
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -94,6 +95,7 @@ def pair_logits(model, a_bgr, b_bgr, device, tile, overlap, batch_size, amp='non
 
 
 def run(args):
+    keep_freed_memory()
     from datasets import read_pair
     from models import build_fhd, load_checkpoint
 

@@ -29,6 +29,7 @@ from utils.checkpoint import (find_resume_checkpoint, get_rng_state, link_atomic
                               remove_stale_temps, save_atomic, set_rng_state)
 from utils.logger import TrainLogger, memory_mb
 from utils.metrics import save_json_atomic
+from utils.runtime import keep_freed_memory
 from utils.schedule import build_optimizer, build_param_groups, set_lr
 
 IGNORE_INDEX = 255
@@ -335,6 +336,7 @@ def check_finite(value: float, done: int, last_ckpt):
 
 
 def train(args):
+    keep_freed_memory()
     info = distu.init_distributed('cuda' if args.device == 'cuda' or (
         args.device == 'auto' and torch.cuda.is_available()) else 'cpu')
     device = resolve_device(args.device, info.local_rank)

@@ -14,13 +14,14 @@ Two execution paths share one set of weights (``model.fast``):
   removes the 3072->768 conv at 1/4 resolution (19.3 of 38.2 GFLOPs per 256x256 pair). The fold
   is recomputed differentiably in training; in eval it is cached and also absorbs the fuse BN.
   The projections run channels-last (much faster bilinear upsampling on CPU), and in inference
-  the BNs of the conv-BN-ReLU blocks are folded into their convs (cached as well).
+  the BNs of the conv-BN-ReLU blocks are folded into their convs (cached as well) and the
+  encoder uses fused oneDNN kernels (see ``mit.linear`` and ``mit.conv_gelu``).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mit import build_mit
+from .mit import EfficientSelfAttention, MixFFN, build_mit, linear
 
 INNER_CHANNELS_DIVISOR = 16   # the original uses r = C // 16 and inner width C // r (= 16)
 
@@ -182,8 +183,8 @@ class FHDDecoder(nn.Module):
             x = self.fuse(self._concat_projections(diffs))
         elif self.training or torch.is_grad_enabled():
             x = F.relu(self.fuse.bn(self._folded_projections(diffs, self._fold_weights())))
-        else:
-            x = F.relu(self._folded_projections(diffs, self._eval_fold_weights()))
+        else:   # inference: nothing keeps the summed map, so the ReLU can overwrite it
+            x = self._folded_projections(diffs, self._eval_fold_weights()).relu_()
         return self.classifier(self.dropout(x))
 
     # reference path: the original order of operations
@@ -233,7 +234,7 @@ class FHDDecoder(nn.Module):
         size = diffs[0].shape[2:]
         parts = []
         for d, (w, b) in zip(diffs, folded):
-            p = F.linear(d.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
+            p = linear(d.permute(0, 2, 3, 1), w, b, fast=True).permute(0, 3, 1, 2)
             if p.shape[2:] != size:
                 p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
             parts.append(p)
@@ -284,8 +285,8 @@ class FHD(nn.Module):
             if isinstance(m, ConvBNReLU):
                 m.fold_bn = self._fast
         for m in self.encoder.modules():
-            if hasattr(m, 'channels_last'):
-                m.channels_last = self._fast
+            if isinstance(m, (EfficientSelfAttention, MixFFN)):
+                m.fast = self._fast
 
     def forward_head(self, x):
         """Logits at 1/4 resolution (the original decode head's output)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import build_fhd, load_checkpoint, original_key_map
+from models import build_fhd, load_checkpoint, mit, original_key_map
 from models.checkpoint import convert_state_dict
 from models.reference_case import case_input, filled_original_state_dict, load_manifest
 
@@ -115,3 +115,34 @@ def test_bilinear_upsampling_keeps_constants():
         const = torch.full((1, 3, *src), 0.37)
         up = F.interpolate(const, size=dst, mode='bilinear', align_corners=False)
         assert torch.allclose(up, torch.full_like(up, 0.37), rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not mit.ONEDNN_FUSED_OPS, reason='this torch build has no oneDNN fused ops')
+def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeypatch):
+    """Fast-path inference runs the encoder's dwconv+GELU and narrow linears through oneDNN's
+    fused kernels; they must be taken (counted) and equal the plain ops they replace."""
+    x = case_input(5, 2, 64, 64)
+    calls = {'conv_gelu': 0, 'linear': 0}
+    conv_gelu, onednn_linear = mit.conv_gelu, torch.ops.mkldnn._linear_pointwise
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(mit, 'conv_gelu', counting('conv_gelu', conv_gelu))
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', onednn_linear))
+    model_seed1.fast = True
+    with torch.no_grad():
+        fused = model_seed1.forward_head(x)
+    assert calls['conv_gelu'] == 16                   # every MiT-b2 block
+    assert calls['linear'] == 3 * 4 + 1               # stage-1 q/proj/fc1/fc2, decoder level 1
+    monkeypatch.setattr(mit, 'ONEDNN_FUSED_OPS', False)
+    with torch.no_grad():
+        plain = model_seed1.forward_head(x)
+    assert calls['conv_gelu'] == 16
+    assert rel_err(fused, plain) < 1e-5
+    with torch.enable_grad():                          # autograd never sees the fused kernels
+        model_seed1.forward_head(x)
+    assert calls['conv_gelu'] == 16
