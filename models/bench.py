@@ -26,6 +26,8 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    from utils.runtime import keep_freed_memory     # as train/eval/infer do
+    keep_freed_memory()
     cost = model_cost(model, size=tuple(args.size))
     print(f'FHD-{args.backbone}: {cost["params"]:,} parameters')
     print(f'GFLOPs per pair at {args.size[0]}x{args.size[1]}: reference '

@@ -82,3 +82,9 @@ def test_json_written_atomically(tmp_path):
     save_json_atomic({'f1': 0.25}, str(path))
     assert json.loads(path.read_text()) == {'f1': 0.25}
     assert os.listdir(path.parent) == ['metrics.json']     # no temp file left behind
+    mask = os.umask(0o022)
+    try:
+        save_json_atomic({'f1': 1.0}, str(path))
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644            # not mkstemp's private 0600
