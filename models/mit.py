@@ -65,6 +65,41 @@ def tokens_to_map(x, h, w):
     return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
+def _onednn_ops_available():
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
+
+
+ONEDNN_FUSED_OPS = _onednn_ops_available()
+
+
+def can_use_onednn_fused(x):
+    """oneDNN's fused kernels have no autograd formula: use them only in fp32 CPU inference,
+    outside autocast and torch.compile (which does its own fusion)."""
+    return (ONEDNN_FUSED_OPS and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+            and not torch.compiler.is_compiling())
+
+
+def conv_gelu(x, conv):
+    """gelu(conv(x)) in one pass over the output (saves a read and a write of the MLP's widest
+    activation, 4x the block width)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+        'gelu', [], 'none')
+
+
+def linear(x, weight, bias, fast):
+    """F.linear; in fast inference, maps with a side of <= 64 features (stage 1 and the decoder's
+    level 1, where the token count is largest) go to oneDNN, which adds the bias in the GEMM's
+    epilogue instead of first copying it over the whole output as addmm does (1.3-2x faster for
+    those shapes here; wider maps are as fast or faster with addmm)."""
+    if fast and min(weight.shape) <= 64 and can_use_onednn_fused(x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    return F.linear(x, weight, bias)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with overlapping windows, then LayerNorm over channels."""
 
@@ -106,41 +141,6 @@ class EfficientSelfAttention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)   # default scale = head_dim ** -0.5
         x = x.transpose(1, 2).reshape(b, n, c)
         return linear(x, self.proj.weight, self.proj.bias, self.fast)
-
-
-def _onednn_ops_available():
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
-
-
-ONEDNN_FUSED_OPS = _onednn_ops_available()
-
-
-def can_use_onednn_fused(x):
-    """oneDNN's fused kernels have no autograd formula: use them only in fp32 CPU inference,
-    outside autocast and torch.compile (which does its own fusion)."""
-    return (ONEDNN_FUSED_OPS and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
-            and not torch.compiler.is_compiling())
-
-
-def conv_gelu(x, conv):
-    """gelu(conv(x)) in one pass over the output (saves a read and a write of the MLP's widest
-    activation, 4x the block width)."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-        'gelu', [], 'none')
-
-
-def linear(x, weight, bias, fast):
-    """F.linear; in fast inference, maps with a side of <= 64 features (stage 1 and the decoder's
-    level 1, where the token count is largest) go to oneDNN, which adds the bias in the GEMM's
-    epilogue instead of first copying it over the whole output as addmm does (1.3-2x faster for
-    those shapes here; wider maps are as fast or faster with addmm)."""
-    if fast and min(weight.shape) <= 64 and can_use_onednn_fused(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-    return F.linear(x, weight, bias)
 
 
 class MixFFN(nn.Module):

@@ -5,7 +5,8 @@ returns it to the kernel on free. A stage-1 activation of MiT at batch 8 is 67 M
 decoder's 768-channel map 100 MiB, so each such tensor is page-faulted in anew, on every op of
 every forward: on a 2-core machine that costs ~30 % of a forward pass, in both execution paths.
 Keeping freed memory in the heap for reuse, as PyTorch's caching allocator does on GPU, removes
-it; the peak resident memory stays the same (the same blocks are reused).
+it (~1.3x faster in both paths). The price: the resident set no longer shrinks after a peak, and
+aligned blocks fragment a little (measured ~10 % more resident memory in training).
 """
 import ctypes
 import ctypes.util
