@@ -3,18 +3,34 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to;
-# count it like the two batched matmuls of plain attention (as the original's bmm).
+def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
+    rows = 1
+    for d in x_shape[:-1]:
+        rows *= d
+    return 2 * rows * w_shape[0] * w_shape[1]
+
+
+def _onednn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
+# FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to
+# (counted like the two batched matmuls of plain attention, as the original's bmm), nor for the
+# fused oneDNN kernels the fast path runs in CPU inference (counted as the linear / conv they are).
 _CUSTOM_FLOPS = {}
 if hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu'):
     _CUSTOM_FLOPS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
+if hasattr(torch.ops.mkldnn, '_linear_pointwise'):
+    _CUSTOM_FLOPS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flop
+if hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
+    _CUSTOM_FLOPS[torch.ops.mkldnn._convolution_pointwise] = _onednn_conv_flop
 
 
 def count_params(model):

@@ -72,6 +72,9 @@ def _onednn_ops_available():
 
 
 ONEDNN_FUSED_OPS = _onednn_ops_available()
+# oneDNN's linear beats addmm here for maps with a side of at most 320 features (stages 1-3,
+# decoder levels 1-3); for stage 4's 512/2048-wide maps it is as fast or slower.
+ONEDNN_LINEAR_MAX_SIDE = 320
 
 
 def can_use_onednn_fused(x):
@@ -91,11 +94,10 @@ def conv_gelu(x, conv):
 
 
 def linear(x, weight, bias, fast):
-    """F.linear; in fast inference, maps with a side of <= 64 features (stage 1 and the decoder's
-    level 1, where the token count is largest) go to oneDNN, which adds the bias in the GEMM's
-    epilogue instead of first copying it over the whole output as addmm does (1.3-2x faster for
-    those shapes here; wider maps are as fast or faster with addmm)."""
-    if fast and min(weight.shape) <= 64 and can_use_onednn_fused(x):
+    """F.linear; in fast inference, maps with a side of <= ONEDNN_LINEAR_MAX_SIDE features go to
+    oneDNN, which adds the bias in the GEMM's epilogue instead of first copying it over the whole
+    output as addmm does (1.05-1.4x faster for those shapes here)."""
+    if fast and min(weight.shape) <= ONEDNN_LINEAR_MAX_SIDE and can_use_onednn_fused(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
     return F.linear(x, weight, bias)
 
@@ -132,15 +134,44 @@ class EfficientSelfAttention(nn.Module):
     def forward(self, x, h, w):
         b, n, c = x.shape
         head_dim = c // self.num_heads
+        if self.sr_ratio > 1:
+            reduced = self.sr_norm(self.sr(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2))
+        else:
+            reduced = x
+        k, v = self.kv(reduced).reshape(b, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        if self.fast and self._fold_pays(x, k.shape[2]):
+            return self._folded_attention(x, k, v)
         q = linear(x, self.q.weight, self.q.bias, self.fast)
         q = q.reshape(b, n, self.num_heads, head_dim).transpose(1, 2)
-        if self.sr_ratio > 1:
-            x = self.sr(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2)
-            x = self.sr_norm(x)
-        k, v = self.kv(x).reshape(b, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)   # default scale = head_dim ** -0.5
         x = x.transpose(1, 2).reshape(b, n, c)
         return linear(x, self.proj.weight, self.proj.bias, self.fast)
+
+    def _fold_pays(self, x, num_keys):
+        """CPU inference, and the folded form needs fewer multiply-adds: per image
+        H*n*m*C + m*C^2 (folded) against n*C^2 + n*m*C (q projection + attention scores; the
+        value side is the same), n queries, m keys. True at 256x256 for stages 1 and 2."""
+        if torch.is_grad_enabled() or x.device.type != 'cpu':
+            return False
+        n, c = x.shape[1], x.shape[2]
+        return self.num_heads * n * num_keys + num_keys * c < n * c + n * num_keys
+
+    def _folded_attention(self, x, k, v):
+        """The same attention with the q and output projections folded into the keys and values
+        (all maps are linear): scores_h = x (Wq_h^T k_h^T s) + bq_h k_h^T s, and
+        proj(concat_h(a_h v_h)) = sum_h a_h (v_h Wp_h^T) + bp. When the keys are few (spatial
+        reduction) this replaces the two C x C projections of every query token by m x C work
+        per image; the per-head score bias goes to SDPA as an additive mask."""
+        b, n, c = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        k = k * head_dim ** -0.5
+        keys = torch.einsum('hdc,bhjd->bhjc', self.q.weight.view(heads, head_dim, c), k)
+        score_bias = torch.einsum('hd,bhjd->bhj', self.q.bias.view(heads, head_dim), k)
+        values = torch.einsum('bhjd,ohd->bhjo', v, self.proj.weight.view(c, heads, head_dim))
+        out = F.scaled_dot_product_attention(x.unsqueeze(1).expand(b, heads, n, c), keys, values,
+                                             attn_mask=score_bias.unsqueeze(2), scale=1.0)
+        out = out.squeeze(1) if heads == 1 else out.sum(1)
+        return out.add_(self.proj.bias)
 
 
 class MixFFN(nn.Module):
@@ -172,6 +203,11 @@ class MiTBlock(nn.Module):
         self.drop_path = DropPath(drop_path_prob)
 
     def forward(self, x, h, w):
+        if self.attn.fast and not self.training and can_use_onednn_fused(x):
+            # inference: add the residual into the branch's fresh output (no new tensor;
+            # a + b == b + a bitwise)
+            x = self.attn(self.norm1(x), h, w).add_(x)
+            return self.mlp(self.norm2(x), h, w).add_(x)
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 

@@ -137,7 +137,9 @@ def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, m
     with torch.no_grad():
         fused = model_seed1.forward_head(x)
     assert calls['conv_gelu'] == 16                   # every MiT-b2 block
-    assert calls['linear'] == 3 * 4 + 1               # stage-1 q/proj/fc1/fc2, decoder level 1
+    # at 64x64 the attention of stages 1-3 is folded (no q/proj linears); fc1/fc2 of stages 1-3
+    # (sides <= 320) and the decoder's levels 1-3 go to oneDNN
+    assert calls['linear'] == 2 * (3 + 4 + 6) + 3
     monkeypatch.setattr(mit, 'ONEDNN_FUSED_OPS', False)
     with torch.no_grad():
         plain = model_seed1.forward_head(x)
@@ -146,3 +148,46 @@ def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, m
     with torch.enable_grad():                          # autograd never sees the fused kernels
         model_seed1.forward_head(x)
     assert calls['conv_gelu'] == 16
+
+
+@pytest.mark.parametrize('dim,heads,sr_ratio,size', [(64, 1, 8, 32), (128, 2, 4, 16), (320, 5, 2, 8)])
+def test_folded_attention_equals_plain_attention(dim, heads, sr_ratio, size):
+    """Fast CPU inference folds the q and output projections into the keys and values; same
+    function as SDPA on the projected queries."""
+    torch.manual_seed(dim)
+    attn = mit.EfficientSelfAttention(dim, heads, sr_ratio).eval()
+    for p in attn.parameters():
+        p.data.normal_(0, 0.1)
+    x = torch.randn(2, size * size, dim)
+    with torch.no_grad():
+        attn.fast = False
+        plain = attn(x, size, size)
+        attn.fast = True
+        folded = attn(x, size, size)
+        assert attn._fold_pays(x, (size // sr_ratio) ** 2)
+    assert rel_err(folded, plain) < 1e-5
+
+
+def test_attention_fold_is_taken_only_where_it_saves_work():
+    """At 256x256 (64 keys everywhere) folding pays in stages 1-2 only."""
+    model = build_fhd('mit_b2')
+    cases = [(stage.blocks[0].attn, 64 // 2 ** i) for i, stage in enumerate(model.encoder.stages)]
+    with torch.no_grad():
+        pays = [a._fold_pays(torch.zeros(1, s * s, a.q.in_features), 64) for a, s in cases]
+    assert pays == [True, True, False, False]
+    with torch.enable_grad():   # training keeps SDPA on the projected queries
+        assert not cases[0][0]._fold_pays(torch.zeros(1, 64 * 64, 64), 64)
+
+
+def test_model_cost_counts_parameters_and_both_paths(monkeypatch):
+    """Size/cost helper: the original's parameter count less conv_seg, its 38.2 GFLOPs per
+    256x256 pair on the reference path, and the fast path counted the same with and without the
+    fused oneDNN kernels (they compute the same linears/convs)."""
+    from models import model_cost
+    model = build_fhd('mit_b2')
+    cost = model_cost(model, size=(256, 256))
+    assert cost['params'] == 29_109_074        # 29,109,332 less the unused conv_seg (258)
+    assert abs(cost['flops_reference'] / 1e9 - 38.2) < 0.05
+    assert cost['flops_fast'] < 0.5 * cost['flops_reference']
+    monkeypatch.setattr(mit, 'ONEDNN_FUSED_OPS', False)
+    assert model_cost(model, size=(256, 256))['flops_fast'] == cost['flops_fast']
