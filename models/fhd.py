@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mit import EfficientSelfAttention, MixFFN, build_mit, linear
+from .mit import (EfficientSelfAttention, MixFFN, build_mit, can_use_onednn_fused, conv1x1_relu,
+                  linear)
 
 INNER_CHANNELS_DIVISOR = 16   # the original uses r = C // 16 and inner width C // r (= 16)
 
@@ -54,6 +55,8 @@ class ConvBNReLU(nn.Module):
             bn = self.bn
             w, b = cached(self, [self.conv.weight, bn.weight, bn.bias, bn.running_mean,
                                  bn.running_var], self._folded)
+            if can_use_onednn_fused(x):
+                return conv1x1_relu(x, w, b)
             return F.relu(F.conv2d(x, w, b))
         return F.relu(self.bn(self.conv(x)))
 
@@ -69,8 +72,11 @@ class TimeSpecificMask(nn.Module):
     def __init__(self, channels, num_maps=2):
         super().__init__()
         self.conv = nn.Conv2d(channels, num_maps, 1)
+        self.fast = False   # set by FHD.fast: fused conv + ReLU in inference
 
     def forward(self, x):
+        if self.fast and can_use_onednn_fused(x):
+            return conv1x1_relu(x, self.conv.weight, self.conv.bias)
         return F.relu(self.conv(x))
 
 
@@ -184,7 +190,7 @@ class FHDDecoder(nn.Module):
         elif self.training or torch.is_grad_enabled():
             x = F.relu(self.fuse.bn(self._folded_projections(diffs, self._fold_weights())))
         else:   # inference: nothing keeps the summed map, so the ReLU can overwrite it
-            x = self._folded_projections(diffs, self._eval_fold_weights()).relu_()
+            x = self._folded_projections(diffs, self._eval_fold_weights(), relu_=True)
         return self.classifier(self.dropout(x))
 
     # reference path: the original order of operations
@@ -227,7 +233,7 @@ class FHDDecoder(nn.Module):
         out[0] = (out[0][0], out[0][1] + shift)       # level 1 is never resampled
         return out
 
-    def _folded_projections(self, diffs, folded):
+    def _folded_projections(self, diffs, folded, relu_=False):
         # Work channels-last: a token-wise linear map writes NHWC directly, bilinear upsampling
         # of 768 channels is several times faster in that layout on CPU, and the sum and the
         # ReLU are layout-agnostic. The returned tensor is NCHW-shaped (channels-last strides).
@@ -242,9 +248,14 @@ class FHDDecoder(nn.Module):
         # map: that one is a permuted view, and an in-place add on a view makes autograd clone
         # the whole base in backward.
         total = parts[-1]
-        for p in parts[-2::-1]:
+        for p in parts[-2:0:-1]:
             total = total.add_(p)
-        return total
+        if not relu_:
+            return total.add_(parts[0])
+        if total.device.type == 'cpu' and not torch.compiler.is_compiling():
+            # the last add and the ReLU in one pass over the 768-channel map (a CPU-only kernel)
+            return torch.ops.aten._add_relu_(total, parts[0])
+        return total.add_(parts[0]).relu_()
 
 
 def split_pair(x):
@@ -284,6 +295,8 @@ class FHD(nn.Module):
         for m in self.decoder.modules():
             if isinstance(m, ConvBNReLU):
                 m.fold_bn = self._fast
+            elif isinstance(m, TimeSpecificMask):
+                m.fast = self._fast
         for m in self.encoder.modules():
             if isinstance(m, (EfficientSelfAttention, MixFFN)):
                 m.fast = self._fast
@@ -292,7 +305,12 @@ class FHD(nn.Module):
         """Logits at 1/4 resolution (the original decode head's output)."""
         a, b = split_pair(x)
         n = a.shape[0]
-        feats = self.encoder(torch.cat([a, b], dim=0))   # one run of the shared encoder, [A; B]
+        pair = torch.cat([a, b], dim=0)   # one run of the shared encoder on [A; B]
+        if self.fast and pair.device.type == 'cpu':
+            # the first patch embedding's output is then channels-last, which its LayerNorm over
+            # channels reads without a copy (faster on CPU even counting this conversion)
+            pair = pair.contiguous(memory_format=torch.channels_last)
+        feats = self.encoder(pair)
         return self.decoder([f[:n] for f in feats], [f[n:] for f in feats], fast=self.fast)
 
     def forward(self, x):

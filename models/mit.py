@@ -93,6 +93,12 @@ def conv_gelu(x, conv):
         'gelu', [], 'none')
 
 
+def conv1x1_relu(x, weight, bias):
+    """relu(conv2d(x, weight, bias)) of a 1x1 conv in one oneDNN kernel (ReLU in the epilogue)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'relu', [], '')
+
+
 def linear(x, weight, bias, fast):
     """F.linear; in fast inference, maps with a side of <= ONEDNN_LINEAR_MAX_SIDE features go to
     oneDNN, which adds the bias in the GEMM's epilogue instead of first copying it over the whole
