@@ -14,8 +14,10 @@ Two execution paths share one set of weights (``model.fast``):
   removes the 3072->768 conv at 1/4 resolution (19.3 of 38.2 GFLOPs per 256x256 pair). The fold
   is recomputed differentiably in training; in eval it is cached and also absorbs the fuse BN.
   The projections run channels-last (much faster bilinear upsampling on CPU), and in inference
-  the BNs of the conv-BN-ReLU blocks are folded into their convs (cached as well) and the
-  encoder uses fused oneDNN kernels (see ``mit.linear`` and ``mit.conv_gelu``).
+  the BNs of the conv-BN-ReLU blocks are folded into their convs (cached as well), conv + ReLU
+  run as one oneDNN kernel, and the encoder folds attention projections and uses fused oneDNN
+  kernels (see ``mit.EfficientSelfAttention._folded_attention``, ``mit.linear``,
+  ``mit.conv_gelu``).
 """
 import torch
 import torch.nn as nn
