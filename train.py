@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--drop-path-rate', type=float, default=0.1)
     p.add_argument('--crop-size', type=int, help="training crop K (default: the preset's, e.g. "
-                   "256; demo 128); the resize scale follows by the same factor")
+                   "256; demo 64); the resize scale follows by the same factor")
     return p.parse_args(argv)
 
 

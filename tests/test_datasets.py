@@ -57,7 +57,7 @@ def test_preset_table():
     assert get_preset('levir+').splits['val'] == 'test'
     assert str(get_preset('levir+').root) == 'data/LEVIR+'
     demo = get_preset('demo')
-    assert (str(demo.root), demo.scale, demo.crop) == ('data/demo', 128, 128)
+    assert (str(demo.root), demo.scale, demo.crop) == ('data/demo', 128, 64)
     assert str(get_preset('levir', data_root='/x/y').root) == '/x/y'
 
 
