@@ -254,7 +254,8 @@ class FHDDecoder(nn.Module):
             total = total.add_(p)
         if not relu_:
             return total.add_(parts[0])
-        if total.device.type == 'cpu' and not torch.compiler.is_compiling():
+        if (total.device.type == 'cpu' and total.dtype == torch.float32
+                and not torch.compiler.is_compiling()):
             # the last add and the ReLU in one pass over the 768-channel map (a CPU-only kernel)
             return torch.ops.aten._add_relu_(total, parts[0])
         return total.add_(parts[0]).relu_()
