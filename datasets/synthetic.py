@@ -13,7 +13,8 @@ change. Validation F1 after 150 iterations on whole tiles: 0.43 for the first ve
 (darker roofs, twice the ground texture, seasonal vegetation, a 1-2 px misregistration of B,
 bare construction sites before new buildings, a global colour shift of B, 4-11 building tries
 per tile), 0.59 without the first five of these, 0.67 without all six and with 8-17 tries
-(0.59 with the 8-17 tries but the colour shift kept). The old random draws are kept where a distractor was removed.
+(0.59 with the 8-17 tries but the colour shift kept). The old random draws are kept where a
+distractor was removed.
 
     python -m datasets.synthetic --out data/demo [--seed 0] [--n-train 400 --n-val 50
                                                    --n-test 100] [--size 128] [--force]

@@ -308,12 +308,15 @@ class FHD(nn.Module):
         """Logits at 1/4 resolution (the original decode head's output)."""
         a, b = split_pair(x)
         n = a.shape[0]
-        pair = torch.cat([a, b], dim=0)   # one run of the shared encoder on [A; B]
-        if self.fast and pair.device.type == 'cpu':
-            # the first patch embedding's output is then channels-last, which its LayerNorm over
-            # channels reads without a copy (faster on CPU even counting this conversion)
-            pair = pair.contiguous(memory_format=torch.channels_last)
-        feats = self.encoder(pair)
+        if self.fast and a.device.type == 'cpu':
+            # [A; B] written channels-last in one copy: the first patch embedding's output is
+            # then channels-last too, which its LayerNorm over channels reads without a copy
+            pair = torch.empty((2 * n, *a.shape[1:]), dtype=a.dtype, device=a.device,
+                               memory_format=torch.channels_last)
+            pair[:n], pair[n:] = a, b
+        else:
+            pair = torch.cat([a, b], dim=0)
+        feats = self.encoder(pair)   # one run of the shared encoder on [A; B]
         return self.decoder([f[:n] for f in feats], [f[n:] for f in feats], fast=self.fast)
 
     def forward(self, x):

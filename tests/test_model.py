@@ -150,7 +150,8 @@ def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, m
     assert calls['conv_gelu'] == 16
 
 
-@pytest.mark.parametrize('dim,heads,sr_ratio,size', [(64, 1, 8, 32), (128, 2, 4, 16), (320, 5, 2, 8)])
+@pytest.mark.parametrize('dim,heads,sr_ratio,size',
+                         [(64, 1, 8, 32), (128, 2, 4, 16), (320, 5, 2, 8)])
 def test_folded_attention_equals_plain_attention(dim, heads, sr_ratio, size):
     """Fast CPU inference folds the q and output projections into the keys and values; same
     function as SDPA on the projected queries."""
