@@ -171,10 +171,10 @@ def evaluate(args):
 
     model = None
     if args.checkpoint:
-        from models import build_fhd, load_checkpoint
+        from models import build_fhd, for_inference, load_checkpoint
         model = build_fhd(backbone=args.backbone)
         load_checkpoint(model, args.checkpoint)
-        model.eval().to(device)
+        model = for_inference(model, device=device)
         if device.type == 'cuda':
             torch.backends.cudnn.benchmark = True   # fixed test sizes, as the original
 

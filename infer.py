@@ -97,7 +97,7 @@ def pair_logits(model, a_bgr, b_bgr, device, tile, overlap, batch_size, amp='non
 def run(args):
     keep_freed_memory()
     from datasets import read_pair
-    from models import build_fhd, load_checkpoint
+    from models import build_fhd, for_inference, load_checkpoint
 
     if args.tile % 32 or args.tile <= 0:
         raise InferError(f'--tile must be a positive multiple of 32, got {args.tile}')
@@ -113,7 +113,7 @@ def run(args):
     device = resolve_device(args.device)
     model = build_fhd(backbone=args.backbone)
     load_checkpoint(model, args.checkpoint)
-    model.eval().to(device)
+    model = for_inference(model, device=device)
 
     for a_path, b_path, mask_out, prob_out, overlay_out in tqdm(jobs, desc='infer', unit='pair',
                                                                  disable=len(jobs) == 1):

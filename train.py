@@ -220,9 +220,9 @@ def build_val_dataset(preset, log):
 @torch.no_grad()
 def evaluate(model, dataset, device, amp='none', num_workers=0):
     """Whole-split metrics of the change class from one int64 confusion matrix."""
+    from models import for_inference
     from utils.metrics import ConfusionMatrix
-    was_training = model.training
-    model.eval()
+    model = for_inference(model, device=device)   # built from the weights as they are now
     cm = ConfusionMatrix()
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
     for sample in loader:  # one image at a time: test images keep their own size
@@ -233,7 +233,6 @@ def evaluate(model, dataset, device, amp='none', num_workers=0):
         logits = F.interpolate(logits.float(), size=tuple(label.shape[-2:]), mode='bilinear',
                                align_corners=False)
         cm.update(logits.argmax(1)[0].cpu(), label)
-    model.train(was_training)
     return cm.compute()
 
 
