@@ -165,7 +165,7 @@ def scaled_preset(preset, crop_size):
 
 def build_model(args, device, info, log, resuming):
     from models import build_fhd, load_checkpoint, original_key_map
-    model = build_fhd(backbone=args.backbone, fast=True, drop_path_rate=args.drop_path_rate)
+    model = build_fhd(backbone=args.backbone, drop_path_rate=args.drop_path_rate)
     key_map = original_key_map(model)
     if resuming:
         pass  # weights come from the checkpoint
