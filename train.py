@@ -147,10 +147,15 @@ def iteration_seed(seed: int, iteration: int, rank: int) -> int:
 
 
 def compute_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Pixel cross-entropy, mean over *all* pixels (ignored ones count 0), as the original."""
+    """Pixel cross-entropy, mean over *all* pixels (ignored ones count 0), as the original.
+
+    Computed in the logits' own dtype; only autocast's half-precision logits are cast up to
+    float32 (a float64 run must stay float64 for the recorded training-step case)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     if logits.shape[-2:] != label.shape[-2:]:
         logits = F.interpolate(logits, size=label.shape[-2:], mode='bilinear', align_corners=False)
-    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction='none').mean()
+    return F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX, reduction='none').mean()
 
 
 def scaled_preset(preset, crop_size):
