@@ -1,19 +1,39 @@
-"""Change maps for image pairs without labels, any size.
+"""Change maps for image pairs without labels, any size; whole georeferenced scenes too.
 
     python infer.py --checkpoint model_ckpt/levir.pth --a t1.png --b t2.png --out change.png [--prob] [--overlay]
     python infer.py --checkpoint model_ckpt/levir.pth --input-dir pairs/ --output-dir out/ [--prob] [--overlay]
+    python infer.py --checkpoint model_ckpt/levir.pth --a 2019.tif --b 2023.tif --out change.tif [--prob]
+                    [--vector changes.geojson] [--min-area 20] [--bands 1,2,3] [--stretch percentile] [--align]
 
 Images run at their native resolution (the released models were trained on 256x256 tiles
 at the datasets' native ground resolution). An image larger than `--tile` is processed
 by overlapping tiles whose logits are blended with a window that fades towards the tile
 borders, so there are no seams; other sizes are zero-padded to a multiple of 32 and the
-result cropped back. Outputs (all PNG, written atomically):
+result cropped back.
+
+PNG / JPEG / BMP pairs are read whole with OpenCV. Outputs (all PNG, written atomically):
   mask          0/255 change map (--out, or <output-dir>/<name>.png)
   --prob        8-bit change probability (OUT_prob.png, or <output-dir>/prob/<name>.png)
   --overlay     changes tinted red on image B (OUT_overlay.png, or <output-dir>/overlay/<name>.png)
-With --input-dir, pairs are the files with the same name in DIR/A and DIR/B.
+
+Any other raster (GeoTIFF, VRT, JP2, ...) is a scene: read through rasterio/GDAL in windows and
+written as it finishes, in memory that does not grow with the scene; the logits equal the PNG
+path's on the same pixels. A and B must share CRS, transform and size (or give --align).
+Pixels that are nodata (or masked by an alpha/mask band) in A or B are nodata in every output
+and reach the network as the mean colour. Outputs (GeoTIFF with A's CRS and transform, tiled,
+DEFLATE, overviews; written under a temporary name and renamed when complete):
+  mask          uint8 0 = no change, 1 = change, 255 = nodata (OUT.tif)
+  --prob        uint8 round(254 x probability), 255 = nodata, band scale 1/254 (OUT_prob.tif)
+  --vector F    GeoJSON polygons of the changed regions in A's CRS with area (CRS units^2,
+                m^2 for projected CRSs), mean_prob and pixels
+  OUT.json      a summary (sizes, stretch, changed area, polygons, timing)
+uint8 bands are used as they are; other types are stretched to 8 bit (default: 2-98 %
+percentiles of A and B together, printed and stored in the outputs' tags).
+With --input-dir, pairs are the files with the same name in DIR/A and DIR/B; scene pairs
+give <output-dir>/<name>.tif (+ prob/<name>.tif, <name>.json).
 """
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,6 +46,9 @@ from utils.runtime import keep_freed_memory
 from utils.visualize import imwrite_atomic, mask_to_png, overlay
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+PLAIN_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')    # read whole with OpenCV; the rest are scenes
+SCENE_OUT_SUFFIXES = ('.tif', '.tiff')
+VECTOR_SUFFIXES = ('.geojson', '.json')
 
 
 class InferError(Exception):
@@ -49,6 +72,22 @@ def parse_args(argv=None):
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--batch-size', type=int, default=4, help='tiles per forward pass')
     p.add_argument('--amp', default='none', choices=('none', 'fp16', 'bf16'))
+    scene = p.add_argument_group('scenes (GeoTIFF and other GDAL rasters)')
+    scene.add_argument('--bands', help='1-based bands used as R,G,B, e.g. 3,2,1 (default: the bands '
+                       'labelled red/green/blue, else the first three)')
+    scene.add_argument('--stretch', default=None, metavar='none|percentile|minmax|LOW,HIGH',
+                       help='mapping to 8 bit (default: uint8 as it is, other types percentile '
+                       '2-98 %% of A and B together)')
+    scene.add_argument('--align', action='store_true',
+                       help="read B resampled (bilinear) onto A's grid when the grids differ")
+    scene.add_argument('--vector', metavar='FILE.geojson',
+                       help="also write the changed regions as polygons (GeoJSON, A's CRS)")
+    scene.add_argument('--min-area', type=float, default=0.0, metavar='AREA',
+                       help="drop changed regions smaller than AREA (A's CRS units squared, m^2 "
+                       'for projected CRSs) from the polygons and set them to 0 in the mask')
+    scene.add_argument('--num-workers', type=int, default=None,
+                       help='processes reading windows ahead of the network (default: 1 on CPU, '
+                       '4 on CUDA; 0 = read in the main process)')
     args = p.parse_args(argv)
     single = (args.a, args.b, args.out)
     if args.input_dir or args.output_dir:
@@ -58,6 +97,12 @@ def parse_args(argv=None):
         p.error('give --a, --b and --out (or --input-dir and --output-dir)')
     if args.batch_size < 1:
         p.error('--batch-size must be >= 1')
+    if args.vector and args.input_dir:
+        p.error('--vector takes one pair (--a/--b/--out)')
+    if args.min_area < 0:
+        p.error('--min-area must be >= 0')
+    if args.num_workers is not None and args.num_workers < 0:
+        p.error('--num-workers must be >= 0')
     return args
 
 
@@ -86,6 +131,73 @@ def find_pairs(input_dir, output_dir):
              out / 'overlay' / n.with_suffix('.png')) for n in names]
 
 
+def is_scene(path):
+    """Rasters other than PNG/JPEG/BMP go through the scene path (rasterio)."""
+    return Path(path).suffix.lower() not in PLAIN_IMAGE_SUFFIXES
+
+
+def scene_outputs(mask_out, vector=None, prob=False):
+    """Output paths of a scene whose mask is `mask_out` (a .tif name)."""
+    from utils.scene import SceneOutputs
+    stem = os.path.splitext(str(mask_out))[0]
+    return SceneOutputs(mask=str(mask_out), prob=stem + '_prob.tif' if prob else None,
+                        vector=vector, summary=stem + '.json')
+
+
+def check_scene_args(args, jobs):
+    """Options that only make sense for one kind of input; the scene output names."""
+    scenes = [job for job in jobs if is_scene(job[0]) or is_scene(job[1])]
+    scene_only = [opt for opt, given in (('--bands', args.bands), ('--stretch', args.stretch),
+                                         ('--align', args.align), ('--vector', args.vector),
+                                         ('--min-area', args.min_area)) if given]
+    if scene_only and not scenes:
+        raise InferError(f'{scene_only[0]} is for scenes (GeoTIFF and other GDAL rasters); '
+                         'the inputs are PNG/JPEG images')
+    if scenes and args.overlay:
+        raise InferError('--overlay is for PNG/JPEG pairs; a scene mask is a GeoTIFF: show it over '
+                         'the imagery in a GIS')
+    if scenes and not args.input_dir and Path(args.out).suffix.lower() not in SCENE_OUT_SUFFIXES:
+        raise InferError(f'--out {args.out}: the change map of a scene is a GeoTIFF; name it .tif')
+    if args.vector and Path(args.vector).suffix.lower() not in VECTOR_SUFFIXES:
+        raise InferError(f'--vector {args.vector}: polygons are written as GeoJSON; name it .geojson')
+    return scenes
+
+
+def open_scenes(args, scenes):
+    """{a_path: ScenePair} for the scene jobs, checked (bands, grids, stretch) before any work."""
+    from datasets.raster import limit_gdal_cache, open_pair, parse_bands, parse_stretch
+    limit_gdal_cache()
+    bands, stretch = parse_bands(args.bands), parse_stretch(args.stretch)
+    return {job[0]: open_pair(job[0], job[1], bands=bands, align=args.align, stretch=stretch)
+            for job in scenes}
+
+
+def build_model(args, device):
+    """The network as an opaque callable: normalized (B,6,H,W) float -> (B,2,H,W) logits."""
+    from models import build_fhd, for_inference, load_checkpoint
+    model = build_fhd(backbone=args.backbone)
+    load_checkpoint(model, args.checkpoint)
+    return for_inference(model, device=device)
+
+
+def run_scene_job(model, pair, outputs, args, device):
+    from utils.scene import SceneOptions, run_scene
+    workers = args.num_workers if args.num_workers is not None else (4 if device.type == 'cuda' else 1)
+    options = SceneOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                           amp=args.amp, num_workers=workers, min_area=args.min_area)
+    tags = {'FHD_CHECKPOINT': os.path.abspath(args.checkpoint), 'FHD_BACKBONE': args.backbone}
+    summary = run_scene(model, pair, outputs, options, device, tags=tags)
+    share = 100 * summary['changed_pixels'] / max(summary['valid_pixels'], 1)
+    line = (f'{outputs.mask}: {summary["changed_pixels"]} changed pixels ({share:.2f} % of the '
+            f'{summary["valid_pixels"]} valid), area {summary["changed_area"]:.6g}')
+    if outputs.vector:
+        line += f'; {summary["polygons"]} polygon(s) in {outputs.vector}'
+    if summary.get('removed_regions'):
+        line += f'; {summary["removed_regions"]} region(s) under --min-area removed'
+    print(line + f' ({summary["tiles_per_second"]:.2f} tiles/s)')
+    return summary
+
+
 def pair_logits(model, a_bgr, b_bgr, device, tile, overlap, batch_size, amp='none'):
     """(2,H,W) float32 logits for one pair of BGR uint8 images of equal size."""
     from datasets import normalize_pair
@@ -97,7 +209,6 @@ def pair_logits(model, a_bgr, b_bgr, device, tile, overlap, batch_size, amp='non
 def run(args):
     keep_freed_memory()
     from datasets import read_pair
-    from models import build_fhd, for_inference, load_checkpoint
 
     if args.tile % 32 or args.tile <= 0:
         raise InferError(f'--tile must be a positive multiple of 32, got {args.tile}')
@@ -107,16 +218,23 @@ def run(args):
         jobs = find_pairs(args.input_dir, args.output_dir)
     else:
         jobs = [(Path(args.a), Path(args.b), Path(args.out), *map(Path, side_paths(args.out)))]
+    scenes = check_scene_args(args, jobs)
     if not os.path.isfile(args.checkpoint):
         raise InferError(f'checkpoint not found: {args.checkpoint} (the released FHD checkpoints are '
                          'linked from the README of github.com/ZSVOS/FHD; put them in model_ckpt/)')
+    pairs = open_scenes(args, scenes) if scenes else {}
     device = resolve_device(args.device)
-    model = build_fhd(backbone=args.backbone)
-    load_checkpoint(model, args.checkpoint)
-    model = for_inference(model, device=device)
+    model = build_model(args, device)
 
     for a_path, b_path, mask_out, prob_out, overlay_out in tqdm(jobs, desc='infer', unit='pair',
                                                                  disable=len(jobs) == 1):
+        if a_path in pairs:
+            target = mask_out if not args.input_dir else mask_out.with_suffix('.tif')
+            outputs = scene_outputs(target, args.vector, args.prob)
+            if args.input_dir and args.prob:
+                outputs.prob = str(prob_out.with_suffix('.tif'))
+            run_scene_job(model, pairs[a_path], outputs, args, device)
+            continue
         a, b = read_pair(a_path, b_path)       # DatasetError when unreadable or sizes differ
         logits = pair_logits(model, a, b, device, args.tile, args.overlap, args.batch_size, args.amp)
         mask = logits.argmax(dim=0)
@@ -129,14 +247,31 @@ def run(args):
     print(f'wrote {len(jobs)} change map(s) to {args.output_dir or args.out}')
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def user_errors():
+    """Exception types reported as one `error:` line (GDAL's own, when rasterio is there)."""
     from datasets import DatasetError
     from models import CheckpointError
+    errors = (InferError, DatasetError, CheckpointError, ValueError, OSError)
+    try:
+        from rasterio.errors import RasterioError
+    except ImportError:
+        return errors
+    return errors + (RasterioError,)
+
+
+def quiet_gdal_log():
+    """GDAL's warnings would print through Python's last-resort log handler; its errors reach
+    the user as exceptions (one line) anyway."""
+    logging.getLogger('rasterio').addHandler(logging.NullHandler())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    quiet_gdal_log()
     try:
         run(args)
-    except (InferError, DatasetError, CheckpointError, ValueError, OSError) as err:
-        print(f'error: {err}', file=sys.stderr)
+    except user_errors() as err:
+        print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,569 @@
+"""Change maps of whole scenes in bounded memory: windows in, blended rows out, as they finish.
+
+The tiles are those of `utils.inference.sliding_window_logits` on the same image (the scene
+padded to a multiple of 32, tiles of `tile` stepping `tile - overlap`, the last one aligned to
+the end), run in the same batches (consecutive tiles in row-major order) and blended with the
+same fading window in the same order, so the logits are the in-memory path's to the last bit.
+What differs is where the pixels live:
+
+- a DataLoader reads the windows of A and B straight from the files (workers optional), turns
+  them into the network's input (`datasets.normalize_pair`'s arithmetic; pixels invalid in A or B
+  become 0, the mean colour, as the padding) and prefetches while the network runs;
+- the blend accumulates into a buffer of `tile + 256` rows; when the last tile of a tile row is
+  in, the rows above the next tile row are final, and whole 256-row blocks of them are turned
+  into mask / probability and handed to a writer thread (compression and disk overlap the
+  network). Memory: the model, a few batches, the buffer (12 bytes per pixel of
+  (tile + 256) x width) and GDAL's capped block cache - never the scene.
+
+Outputs (GeoTIFF: A's CRS and transform, tiled 256 x 256, DEFLATE, internal overviews, written
+under a temporary name and renamed when complete):
+  mask   uint8: 0 no change, 1 change, 255 nodata (invalid in A or B)
+  prob   uint8: round(254 * p) for the change probability p, 255 nodata (band scale 1/254)
+  vector GeoJSON polygons of the changed regions (4-connected), A's CRS, with `area` (CRS units
+         squared), `mean_prob` and `pixels`; drawn after the mask from its regions (see
+         utils/regions.py), one polygon per region whatever the blocks it spans.
+With `min_area`, regions smaller than it are dropped from the polygons and set to 0 in the mask.
+"""
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.features import shapes
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.raster import SceneError, crs_name, gdal_message, raster_env, scene_cache_bytes
+from datasets.transforms import MEAN, STD
+from utils.fileio import atomic_path
+from utils.inference import SIZE_DIVISOR, autocast_context, tile_starts, window_weight
+from utils.regions import (BOTTOM, LEFT, PIXELS, PROB_SUM, RIGHT, SEED_COL, SEED_ROW, TOP,
+                           RegionTracker, region_mask)
+
+ROW_BLOCK = 256              # GeoTIFF block side; rows are written in whole block rows
+NODATA = 255
+PROB_SCALE = 254             # prob = round(254 p): 255 stays free for nodata
+OVERVIEW_MIN_SIDE = 256      # overviews down to about this size
+MEAN_CHW = MEAN[:, None, None]
+STD_CHW = STD[:, None, None]
+
+
+# ------------------------------------------------------------------------------- tile plan
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of sliding_window_logits for an image of height x width."""
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self):
+        padded_h = -(-self.height // SIZE_DIVISOR) * SIZE_DIVISOR
+        padded_w = -(-self.width // SIZE_DIVISOR) * SIZE_DIVISOR
+        tile_h, tile_w = min(self.tile, padded_h), min(self.tile, padded_w)
+        ys = tile_starts(padded_h, tile_h, self.overlap)
+        xs = tile_starts(padded_w, tile_w, self.overlap)
+        for name, value in (('padded_w', padded_w), ('tile_h', tile_h), ('tile_w', tile_w),
+                            ('ys', tuple(ys)), ('xs', tuple(xs)),
+                            ('boxes', tuple((y, x) for y in ys for x in xs))):
+            object.__setattr__(self, name, value)
+
+
+# ---------------------------------------------------------------------------- tile reading
+
+def normalize_tile(a_rgb, b_rgb, valid, tile_h, tile_w):
+    """(6, tile_h, tile_w) float32 network input: A's then B's RGB normalized exactly as
+    datasets.normalize_pair does; invalid pixels and the padding beyond the image are 0."""
+    h, w = valid.shape
+    out = np.zeros((6, tile_h, tile_w), np.float32)
+    for k, rgb in enumerate((a_rgb, b_rgb)):
+        x = rgb.astype(np.float32)
+        x -= MEAN_CHW
+        x /= STD_CHW
+        out[3 * k:3 * k + 3, :h, :w] = x
+    inside = out[:, :h, :w]
+    inside[:, ~valid] = 0.0
+    return out
+
+
+class TileDataset(Dataset):
+    """Tile i of `plan` read from `pair`: (i, input (6, th, tw), valid (th, tw)); a read error
+    comes back as text (a worker's exception would reach the main process as a traceback)."""
+
+    def __init__(self, pair, plan):
+        self.pair, self.plan = pair, plan
+
+    def __len__(self):
+        return len(self.plan.boxes)
+
+    def __getitem__(self, index):
+        plan = self.plan
+        y, x = plan.boxes[index]
+        h, w = min(plan.tile_h, plan.height - y), min(plan.tile_w, plan.width - x)
+        try:
+            a, b, valid = self.pair.read(Window(x, y, w, h))
+        except SceneError as err:
+            return index, None, str(err)
+        img = normalize_tile(a, b, valid, plan.tile_h, plan.tile_w)
+        padded_valid = np.zeros((plan.tile_h, plan.tile_w), bool)
+        padded_valid[:h, :w] = valid
+        return index, torch.from_numpy(img), padded_valid
+
+
+def collate_tiles(items):
+    for _, img, extra in items:
+        if img is None:
+            return {'error': extra}
+    return {'index': [i for i, _, _ in items], 'img': torch.stack([img for _, img, _ in items]),
+            'valid': np.stack([v for _, _, v in items])}
+
+
+class _WorkerEnv:
+    """worker_init_fn: the scene's GDAL settings for a worker's whole life (a forked worker
+    inherits them anyway; a spawned one would not)."""
+
+    def __init__(self, cache_bytes):
+        self.cache_bytes = cache_bytes
+
+    def __call__(self, worker_id):
+        global _worker_env
+        _worker_env = raster_env(self.cache_bytes)
+        _worker_env.__enter__()
+
+
+_worker_env = None
+
+
+def tile_loader(pair, plan, batch_size, num_workers=0, pin_memory=False, cache_bytes=None):
+    """Batches of consecutive tiles in row-major order (the in-memory path's batches)."""
+    init = _WorkerEnv(cache_bytes) if num_workers and cache_bytes else None
+    return DataLoader(TileDataset(pair, plan), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, collate_fn=collate_tiles, pin_memory=pin_memory,
+                      prefetch_factor=2 if num_workers else None, worker_init_fn=init)
+
+
+# ----------------------------------------------------------------------- streaming blend
+
+def stream_logits(model, batches, plan, device, amp='none', row_block=ROW_BLOCK, progress=None):
+    """Yield (row0, logits (K, n, width) float32 on `device`, valid (n, width) bool) for the
+    consecutive finished row blocks of the scene (n = row_block, the last block shorter)."""
+    device = torch.device(device)
+    if len(plan.boxes) == 1:        # one tile: the model's output as it is, as the in-memory path
+        weight = torch.ones(plan.tile_h, plan.tile_w, device=device)
+    else:
+        weight = window_weight(plan.tile_h, plan.tile_w, plan.overlap, device)
+    th, tw, width = plan.tile_h, plan.tile_w, plan.width
+    cap = th + row_block
+    tile_row = {y: i for i, y in enumerate(plan.ys)}
+    last_x, last_row = plan.xs[-1], len(plan.ys) - 1
+    logits_sum = None
+    weight_sum = torch.zeros(cap, plan.padded_w, device=device)
+    valid = np.zeros((cap, width), bool)
+    start = 0                       # scene row of buffer row 0
+    autocast = autocast_context(device, amp)
+    for batch in batches:
+        if 'error' in batch:
+            raise SceneError(batch['error'])
+        finished = []
+        with torch.inference_mode():
+            with autocast:
+                out = model(batch['img'].to(device, non_blocking=True)).float()
+            if logits_sum is None:
+                logits_sum = torch.zeros(out.shape[1], cap, plan.padded_w, device=device)
+            for k, index in enumerate(batch['index']):
+                y, x = plan.boxes[index]
+                r = y - start
+                logits_sum[:, r:r + th, x:x + tw] += out[k] * weight
+                weight_sum[r:r + th, x:x + tw] += weight
+                h, w = min(th, plan.height - y), min(tw, width - x)
+                valid[r:r + h, x:x + w] = batch['valid'][k, :h, :w]
+                if x != last_x:
+                    continue
+                # the last tile of a tile row: rows above the next tile row are final
+                row = tile_row[y]
+                final = row == last_row
+                done = plan.height if final else plan.ys[row + 1]
+                while start < done and (final or start + row_block <= done):
+                    n = min(row_block, done - start)
+                    finished.append((start, logits_sum[:, :n, :width] / weight_sum[:n, :width],
+                                     valid[:n].copy()))
+                    logits_sum = torch.cat([logits_sum[:, n:], logits_sum.new_zeros(
+                        logits_sum.shape[0], n, plan.padded_w)], 1)
+                    weight_sum = torch.cat([weight_sum[n:], weight_sum.new_zeros(n, plan.padded_w)])
+                    valid = np.concatenate([valid[n:], np.zeros((n, width), bool)])
+                    start += n
+        if progress is not None:
+            progress.update(len(batch['index']))
+        yield from finished
+
+
+def block_outputs(logits, valid):
+    """Mask, probability (uint8 0-254) with nodata, and the float probability, as numpy."""
+    with torch.inference_mode():
+        changed = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+        prob = logits.softmax(dim=0)[1]
+        prob_u8 = (prob * PROB_SCALE).round().to(torch.uint8).cpu().numpy()
+        prob = prob.cpu().numpy()
+    mask = np.where(valid, changed, NODATA).astype(np.uint8)
+    return mask, np.where(valid, prob_u8, NODATA).astype(np.uint8), prob
+
+
+# --------------------------------------------------------------------------------- writing
+
+def raster_profile(crs, transform, height, width, predictor=1):
+    return dict(driver='GTiff', width=width, height=height, count=1, dtype='uint8', crs=crs,
+                transform=transform, nodata=NODATA, tiled=True, blockxsize=ROW_BLOCK,
+                blockysize=ROW_BLOCK, compress='deflate', predictor=predictor,
+                BIGTIFF='IF_SAFER')
+
+
+def overview_factors(height, width):
+    factors, f = [], 2
+    while max(height, width) / f >= OVERVIEW_MIN_SIDE:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+class BackgroundWriter:
+    """Runs `consume(item)` on one thread, in order, so that compression and disk writes
+    overlap the network; the first error is raised by the next put() or by close()."""
+
+    def __init__(self, consume, depth=2):
+        self.consume, self.error = consume, None
+        self.queue = queue.Queue(depth)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.consume(item)
+                except BaseException as err:          # re-raised in the main thread
+                    self.error = err
+
+    def put(self, item):
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self):
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class SceneRasters:
+    """The mask (and probability) GeoTIFFs being written, plus the region tracker and counts."""
+
+    def __init__(self, mask_path, prob_path, profile, tags, track_regions):
+        self.datasets = []
+        self.mask = self._open(mask_path, profile, tags, 'change: 0 no, 1 yes, 255 nodata')
+        self.mask.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+        self.prob = None
+        if prob_path:
+            self.prob = self._open(prob_path, dict(profile, predictor=2), tags,
+                                   'change probability x 254, 255 nodata')
+            self.prob.scales = (1 / PROB_SCALE,)
+        self.tracker = RegionTracker(profile['width']) if track_regions else None
+        self.valid_pixels = self.changed_pixels = 0
+
+    def _open(self, path, profile, tags, description):
+        ds = rasterio.open(path, 'w', **profile)
+        self.datasets.append(ds)
+        ds.update_tags(**tags)
+        ds.set_band_description(1, description)
+        return ds
+
+    def write(self, item):
+        row0, mask, prob_u8, prob = item
+        window = Window(0, row0, mask.shape[1], mask.shape[0])
+        self.mask.write(mask, 1, window=window)
+        if self.prob is not None:
+            self.prob.write(prob_u8, 1, window=window)
+        changed = mask == 1
+        self.valid_pixels += int((mask != NODATA).sum())
+        self.changed_pixels += int(changed.sum())
+        if self.tracker is not None:
+            self.tracker.feed(row0, changed, prob)
+
+    def close(self, overviews=True):
+        """Build the overviews and close; returns the region records (or None)."""
+        try:
+            for ds, method in ((self.mask, Resampling.nearest), (self.prob, Resampling.average)):
+                if ds is not None and overviews:
+                    factors = overview_factors(ds.height, ds.width)
+                    if factors:
+                        ds.build_overviews(factors, method)
+        finally:
+            for ds in self.datasets:
+                ds.close()
+        return self.tracker.close() if self.tracker is not None else None
+
+
+# -------------------------------------------------------------------- regions and polygons
+
+def geojson_crs(crs):
+    """The (pre-RFC 7946) GeoJSON "crs" member that GDAL/QGIS read, when there is an EPSG code."""
+    epsg = crs.to_epsg() if crs is not None else None
+    return {'type': 'name', 'properties': {'name': f'urn:ogc:def:crs:EPSG::{epsg}'}} if epsg else None
+
+
+class GeoJSONWriter:
+    """A FeatureCollection written one feature at a time (nothing accumulates)."""
+
+    def __init__(self, f, crs, name):
+        self.f, self.count = f, 0
+        head = {'type': 'FeatureCollection', 'name': name}
+        if geojson_crs(crs):
+            head['crs'] = geojson_crs(crs)
+        f.write(json.dumps(head)[:-1] + ', "features": [\n')
+
+    def add(self, geometry, properties):
+        sep = ',\n' if self.count else ''
+        self.f.write(sep + json.dumps({'type': 'Feature', 'properties': properties,
+                                       'geometry': geometry}, separators=(',', ':')))
+        self.count += 1
+
+    def close(self):
+        self.f.write('\n]}\n')
+
+
+def region_polygon(component, transform):
+    """GeoJSON geometry of one 4-connected component (bool array) in `transform`'s CRS."""
+    parts = [geom for geom, _ in shapes(component.astype(np.uint8), mask=component,
+                                        connectivity=4, transform=transform)]
+    if len(parts) == 1:
+        return parts[0]
+    return {'type': 'MultiPolygon', 'coordinates': [p['coordinates'] for p in parts]}
+
+
+def finish_regions(raw_mask_path, regions, transform, pixel_area, min_pixels=0, vector=None,
+                   mask_out=None, progress=None):
+    """Second pass over the written mask: polygons of the regions of >= min_pixels pixels to
+    `vector` (a GeoJSONWriter), and, when `mask_out` (an open dataset) is given, the mask copied
+    with the smaller regions set to 0. Reads one block row of the mask at a time, plus each
+    region's bounding box. Returns (polygons written, regions removed, pixels removed)."""
+    polygons = removed = removed_pixels = 0
+    pending = []                                  # (top, left, component) of small regions
+    with rasterio.open(raw_mask_path) as src:
+        height, width = src.height, src.width
+        nxt = 0
+        block_rows = range(0, height, ROW_BLOCK) if mask_out is not None else [0]
+        for r0 in block_rows:
+            r1 = min(r0 + ROW_BLOCK, height) if mask_out is not None else height
+            while nxt < len(regions) and regions[nxt, TOP] < r1:
+                rec = regions[nxt]
+                nxt += 1
+                small = rec[PIXELS] < min_pixels
+                if progress is not None:
+                    progress.update(1)
+                if not small and vector is None:
+                    continue
+                top, left = int(rec[TOP]), int(rec[LEFT])
+                win = Window(left, top, int(rec[RIGHT]) - left, int(rec[BOTTOM]) - top)
+                component = region_mask(src.read(1, window=win) == 1, int(rec[SEED_ROW]) - top,
+                                        int(rec[SEED_COL]) - left)
+                if small:
+                    pending.append((top, left, component))
+                    removed += 1
+                    removed_pixels += int(rec[PIXELS])
+                else:
+                    vector.add(region_polygon(component, window_transform(win, transform)),
+                               {'id': polygons + 1, 'area': float(rec[PIXELS] * pixel_area),
+                                'mean_prob': round(float(rec[PROB_SUM] / rec[PIXELS]), 4),
+                                'pixels': int(rec[PIXELS])})
+                    polygons += 1
+            if mask_out is None:
+                continue
+            block = src.read(1, window=Window(0, r0, width, r1 - r0))
+            keep = []
+            for top, left, component in pending:
+                lo, hi = max(top, r0), min(top + component.shape[0], r1)
+                if lo < hi:
+                    part = component[lo - top:hi - top]
+                    view = block[lo - r0:hi - r0, left:left + component.shape[1]]
+                    view[part] = 0
+                if top + component.shape[0] > r1:
+                    keep.append((top, left, component))
+            pending = keep
+            mask_out.write(block, 1, window=Window(0, r0, width, r1 - r0))
+    return polygons, removed, removed_pixels
+
+
+# ------------------------------------------------------------------------------ a scene
+
+@dataclass
+class SceneOutputs:
+    mask: str
+    prob: str = None
+    vector: str = None
+    summary: str = None
+
+
+@dataclass
+class SceneOptions:
+    tile: int = 256
+    overlap: int = 64
+    batch_size: int = 4
+    amp: str = 'none'
+    num_workers: int = 0
+    min_area: float = 0.0
+    overviews: bool = True
+
+
+@contextmanager
+def scratch_path(near, suffix='.tif'):
+    """A temporary file beside `near`, always removed."""
+    folder = os.path.dirname(os.path.abspath(near))
+    fd, path = tempfile.mkstemp(prefix='.' + os.path.basename(near) + '.raw.', suffix=suffix,
+                                dir=folder)
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def check_writable(path, option):
+    """Fail before any work when the output folder cannot take the file."""
+    folder = os.path.dirname(os.path.abspath(path)) or '.'
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test.'):
+            pass
+    except OSError as err:
+        raise SceneError(f'{option} {path}: output folder {folder} is not writable '
+                         f'({err.strerror or err})') from None
+
+
+def pixel_area_of(transform):
+    return abs(transform.a * transform.e - transform.b * transform.d)
+
+
+def run_scene(model, pair, outputs, options, device, tags=None, log=print):
+    """Change map of `pair` (a datasets.raster.ScenePair) -> the summary dict (also written as
+    JSON to outputs.summary). Every output appears under its final name only when all are
+    complete; on any error none does."""
+    a_ds, _ = pair.datasets()
+    crs, transform = a_ds.crs, a_ds.transform
+    cache_bytes = scene_cache_bytes(pair.width, options.tile, pair.itemsize())
+    pair.close()                    # workers open their own; nothing open is forked
+    for path, option in ((outputs.mask, '--out'), (outputs.prob, '--prob'),
+                         (outputs.vector, '--vector'), (outputs.summary, 'summary')):
+        if path:
+            check_writable(path, option)
+    plan = TilePlan(pair.height, pair.width, options.tile, options.overlap)
+    area = pixel_area_of(transform)
+    min_pixels = int(np.ceil(options.min_area / area - 1e-9)) if options.min_area > 0 else 0
+    tags = dict(tags or {}, FHD_A=pair.a_path, FHD_B=pair.b_path, FHD_GRID=pair.grid_note,
+                FHD_STRETCH=json.dumps({'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()}),
+                FHD_TILE=str(options.tile), FHD_OVERLAP=str(options.overlap),
+                FHD_MIN_AREA=str(options.min_area))
+    profile = raster_profile(crs, transform, pair.height, pair.width)
+    loader = tile_loader(pair, plan, options.batch_size, options.num_workers,
+                         pin_memory=torch.device(device).type == 'cuda', cache_bytes=cache_bytes)
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(raster_env(cache_bytes))
+        mask_tmp = stack.enter_context(atomic_path(outputs.mask, suffix='.tif'))
+        raw_mask = stack.enter_context(scratch_path(outputs.mask)) if min_pixels else mask_tmp
+        prob_tmp = stack.enter_context(atomic_path(outputs.prob, suffix='.tif')) if outputs.prob else None
+        batches = iter(loader)      # workers start here, before any output file is open
+        stack.callback(pair.close)
+        rasters = _guarded(outputs.mask, SceneRasters, raw_mask, prob_tmp, profile,
+                           dict(tags, FHD_VALUES='0 no change, 1 change, 255 nodata'),
+                           bool(outputs.vector or min_pixels))
+        writer = BackgroundWriter(lambda item: _guarded(outputs.mask, rasters.write, item))
+        bar = tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True)
+        try:
+            for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
+                                                     progress=bar):
+                writer.put((row0,) + block_outputs(logits, valid))
+        finally:
+            bar.close()
+            try:
+                writer.close()
+            finally:
+                # with min_area the mask is written again by the second pass (overviews there)
+                regions = _guarded(outputs.mask, rasters.close, options.overviews and not min_pixels)
+        seconds = time.perf_counter() - t0
+        summary = {'a': pair.a_path, 'b': pair.b_path, 'width': pair.width, 'height': pair.height,
+                   'crs': crs_name(crs), 'transform': list(transform)[:6], 'grid': pair.grid_note,
+                   'stretch': {'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()},
+                   'tile': options.tile, 'overlap': options.overlap, 'tiles': len(plan.boxes),
+                   'batch_size': options.batch_size, 'pixel_area': area,
+                   'valid_pixels': rasters.valid_pixels, 'changed_pixels': rasters.changed_pixels,
+                   'inference_seconds': round(seconds, 3),
+                   'tiles_per_second': round(len(plan.boxes) / seconds, 3)}
+        if regions is not None:
+            summary.update(_second_pass(raw_mask, mask_tmp if min_pixels else None, regions,
+                                        transform, area, min_pixels, outputs, crs, profile, tags,
+                                        stack))
+            summary['changed_pixels'] -= summary.get('removed_pixels', 0)
+        summary['changed_area'] = summary['changed_pixels'] * area
+        summary['min_area'] = options.min_area
+        summary['outputs'] = {k: v for k, v in vars(outputs).items() if v}
+        summary['seconds'] = round(time.perf_counter() - t0, 3)
+        if outputs.summary:
+            tmp = stack.enter_context(atomic_path(outputs.summary, suffix='.json'))
+            with open(tmp, 'w') as f:
+                json.dump(summary, f, indent=2)
+    return summary               # all temporary files renamed when the stack closed
+
+
+def _second_pass(raw_mask, mask_tmp, regions, transform, area, min_pixels, outputs, crs,
+                 profile, tags, stack):
+    vector = None
+    if outputs.vector:
+        tmp = stack.enter_context(atomic_path(outputs.vector, suffix='.geojson'))
+        f = stack.enter_context(open(tmp, 'w'))
+        vector = GeoJSONWriter(f, crs, os.path.splitext(os.path.basename(outputs.vector))[0])
+    mask_out = None
+    if mask_tmp:
+        mask_out = _guarded(outputs.mask, rasterio.open, mask_tmp, 'w', **profile)
+        mask_out.update_tags(**tags, FHD_VALUES='0 no change, 1 change, 255 nodata')
+        mask_out.set_band_description(1, 'change: 0 no, 1 yes, 255 nodata')
+        mask_out.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+    bar = tqdm(total=len(regions), unit='region', desc='regions', dynamic_ncols=True)
+    try:
+        polygons, removed, removed_pixels = _guarded(
+            outputs.mask, finish_regions, raw_mask, regions, transform, area, min_pixels, vector,
+            mask_out, bar)
+        if mask_out is not None:
+            factors = overview_factors(mask_out.height, mask_out.width)
+            if factors:
+                _guarded(outputs.mask, mask_out.build_overviews, factors, Resampling.nearest)
+    finally:
+        bar.close()
+        if mask_out is not None:
+            mask_out.close()
+    if vector is not None:
+        vector.close()
+    return {'regions': int(len(regions)), 'polygons': polygons, 'removed_regions': removed,
+            'removed_pixels': removed_pixels}
+
+
+def _guarded(final_path, fn, *args, **kwargs):
+    """Call fn; a GDAL failure while writing becomes one line naming the output."""
+    try:
+        return fn(*args, **kwargs)
+    except RasterioError as err:
+        raise SceneError(f'writing {final_path} failed: {gdal_message(err)} (disk full?); '
+                         'no partial file was left under that name') from None
