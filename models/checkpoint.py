@@ -1,12 +1,19 @@
-"""Loading weights: this project's checkpoints, the original FHD release (mmcv layout, 814 keys)
-and the official ImageNet MiT backbones (mit_b*.pth), through one strict converter.
+"""Loading weights: this project's checkpoints, the original FHD release (mmcv layout, 814 keys),
+the official ImageNet MiT backbones (mit_b*.pth) and the Hugging Face ``nvidia/mit-b0..b5``
+files (transformers SegFormer layout, ``model.safetensors`` / ``pytorch_model.bin``), through
+one strict converter.
 
 The original names are produced by ``original_key_map`` from this model's own names, so the
-same table serves both directions (loading and the original's optimizer-group rules).
+same table serves both directions (loading and the original's optimizer-group rules). The
+Hugging Face names are first mapped onto the original's bare-backbone names.
+
+    python -m models.checkpoint FILE [--backbone mit_b2]    # what a file is, and its SHA-256
 """
+import hashlib
 import importlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -17,6 +24,11 @@ DROPPED_ORIGINAL_PREFIXES = ('decode_head.conv_seg.',)
 # in the official ImageNet MiT files: the classifier, which the original also ignores
 DROPPED_IMAGENET_PREFIXES = ('head.',)
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')   # DistributedDataParallel, torch.compile
+# Hugging Face SegFormer: the encoder (with or without the `segformer.` model prefix), and the
+# heads that are not ours: `classifier.` (SegformerForImageClassification, the ImageNet files)
+# and `decode_head.` (SegformerForSemanticSegmentation's MLP head)
+_HF_ENCODER = re.compile(r'^(segformer\.)?encoder\.(patch_embeddings|block|layer_norm)\.\d')
+DROPPED_HF_PREFIXES = ('classifier.', 'decode_head.')
 
 
 class CheckpointError(ValueError):
@@ -83,13 +95,38 @@ def _fmt_keys(keys, n=3):
     return ', '.join(keys[:n]) + more
 
 
+def is_safetensors(path):
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    return 2 <= int.from_bytes(head[:8], 'little') <= os.path.getsize(path) - 8
+
+
+def read_safetensors(path):
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f'{path}: a safetensors file; reading it needs the safetensors '
+                              f'package (pip install safetensors)') from None
+    try:
+        return load_file(path, device='cpu')
+    except Exception as e:   # a truncated header or data raises the library's own errors
+        raise CheckpointError(f'{path}: not a readable safetensors file (truncated or corrupt): '
+                              f'{_one_line(e)[:160]}') from None
+
+
 def read_checkpoint(path):
-    """torch.load a weight file safely (weights_only); CheckpointError on anything unusable."""
+    """torch.load a weight file safely (weights_only), or read a safetensors file;
+    CheckpointError on anything unusable."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f'{path}: checkpoint file not found')
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: not a file')
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:   # unpickling garbage can raise almost anything (IndexError, ...)
@@ -157,11 +194,77 @@ def extract_state_dict(obj, path='checkpoint'):
     return out
 
 
+_HF_BLOCK_PARTS = (   # transformers SegformerLayer -> the original MiT Block (kv: see below)
+    ('layer_norm_1.', 'norm1.'), ('layer_norm_2.', 'norm2.'),
+    ('attention.self.query.', 'attn.q.'), ('attention.self.sr.', 'attn.sr.'),
+    ('attention.self.layer_norm.', 'attn.norm.'), ('attention.output.dense.', 'attn.proj.'),
+    ('mlp.dense1.', 'mlp.fc1.'), ('mlp.dense2.', 'mlp.fc2.'), ('mlp.dwconv.dwconv.', 'mlp.dwconv.dwconv.'),
+)
+_HF_RULES = [(re.compile(p + '$'), f) for p, f in [
+    (r'patch_embeddings\.(\d+)\.proj\.(\w+)', lambda m: f'patch_embed{_plus1(m[1])}.proj.{m[2]}'),
+    (r'patch_embeddings\.(\d+)\.layer_norm\.(\w+)', lambda m: f'patch_embed{_plus1(m[1])}.norm.{m[2]}'),
+    (r'layer_norm\.(\d+)\.(\w+)', lambda m: f'norm{_plus1(m[1])}.{m[2]}'),
+    (r'block\.(\d+)\.(\d+)\.(.+)', lambda m: _hf_block_key(f'block{_plus1(m[1])}.{m[2]}.', m[3])),
+]]
+
+
+def _hf_block_key(block, rest):
+    for hf, original in _HF_BLOCK_PARTS:
+        if rest.startswith(hf):
+            return block + original + rest[len(hf):]
+    return None
+
+
+def _hf_to_original(state_dict, path):
+    """Hugging Face SegFormer encoder names -> the original's bare MiT names (as in mit_b*.pth).
+
+    transformers splits the original `attn.kv` linear into `key` and `value`; they are
+    concatenated back, key rows first (the original computes k, v = kv(x).split: k first).
+    Returns (state_dict, dropped, unknown)."""
+    out, kv, dropped, unknown = {}, {}, [], []
+    for key, value in state_dict.items():
+        if key.startswith(DROPPED_HF_PREFIXES):
+            dropped.append(key)
+            continue
+        name = key[len('segformer.'):] if key.startswith('segformer.') else key
+        name = name[len('encoder.'):] if name.startswith('encoder.') else None
+        m = re.match(r'block\.(\d+)\.(\d+)\.attention\.self\.(key|value)\.(\w+)$', name or '')
+        if m:
+            block = f'block{_plus1(m[1])}.{m[2]}.attn.kv.{m[4]}'
+            kv.setdefault(block, {})[m[3]] = (key, value)
+            continue
+        original = None
+        for pattern, fn in _HF_RULES:
+            hit = pattern.match(name or '')
+            if hit:
+                original = fn(hit)
+                break
+        if original is None:
+            unknown.append(key)
+        else:
+            out[original] = value
+    for name, parts in kv.items():
+        if set(parts) != {'key', 'value'}:
+            only = next(iter(parts.values()))[0]
+            raise CheckpointError(f'{path}: {only} has no matching '
+                                  f"{'value' if 'key' in parts else 'key'} tensor (Hugging Face "
+                                  f'SegFormer layout: key and value are concatenated into kv)')
+        out[name] = torch.cat([parts['key'][1], parts['value'][1]], dim=0)
+    return out, sorted(dropped), unknown
+
+
 def convert_state_dict(state_dict, model, path='checkpoint'):
     """Map any supported layout onto ``model``'s names. Returns (new_state_dict, kind, dropped,
     expected_keys). Raises CheckpointError for unknown keys."""
     own = model.state_dict()
     keys = list(state_dict)
+    if any(_HF_ENCODER.match(k) for k in keys):   # before 'original': HF heads are decode_head.*
+        bare, dropped, unknown = _hf_to_original(state_dict, path)
+        if unknown:
+            raise CheckpointError(f'{path}: unexpected keys for {model.backbone_name} (huggingface '
+                                  f'layout): {_fmt_keys(unknown)}')
+        converted, _, _, expected = convert_state_dict(bare, model, path)
+        return converted, 'huggingface_backbone', dropped, expected
     if any(k.startswith(ORIGINAL_BACKBONE_PREFIX) or k.startswith('decode_head.') for k in keys):
         kind, dropped_prefixes, expected = 'original', DROPPED_ORIGINAL_PREFIXES, set(own)
         source = dict(state_dict)
@@ -196,8 +299,9 @@ def convert_state_dict(state_dict, model, path='checkpoint'):
 def load_checkpoint(model, path):
     """Load a weight file strictly into an FHD model. Returns {'kind', 'meta', 'dropped'}.
 
-    kind: 'project' (this project's files), 'original' (FHD release, mmcv layout) or
-    'imagenet_backbone' (official mit_b*.pth: only the encoder is loaded, all of it)."""
+    kind: 'project' (this project's files), 'original' (FHD release, mmcv layout),
+    'imagenet_backbone' (official mit_b*.pth) or 'huggingface_backbone' (nvidia/mit-b*): for
+    the last two only the encoder is loaded, all of it."""
     path = os.fspath(path)
     obj = read_checkpoint(path)
     state_dict = extract_state_dict(obj, path)
@@ -218,6 +322,50 @@ def load_checkpoint(model, path):
     if problems:
         raise CheckpointError(f'{path}: does not fit FHD-{model.backbone_name} ({kind} layout): '
                               + '; '.join(problems))
-    model.load_state_dict(converted, strict=kind != 'imagenet_backbone')
+    model.load_state_dict(converted, strict=not kind.endswith('_backbone'))
     meta = obj.get('meta') if isinstance(obj, Mapping) else None
     return {'kind': kind, 'meta': meta, 'dropped': dropped}
+
+
+def sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe(path, backbone='mit_b2'):
+    """What a weight file is (it must load strictly into FHD-<backbone>), its size and SHA-256."""
+    from .fhd import build_fhd
+    model = build_fhd(backbone=backbone, drop_path_rate=0.0)
+    info = load_checkpoint(model, path)
+    state_dict = extract_state_dict(read_checkpoint(path), path)
+    converted, _, _, _ = convert_state_dict(state_dict, model, path)
+    return dict(path=os.fspath(path), kind=info['kind'], bytes=os.path.getsize(path),
+                sha256=sha256(path), tensors_in_file=len(state_dict), tensors_loaded=len(converted),
+                parameters_loaded=sum(v.numel() for k, v in converted.items()
+                                      if not k.endswith(('running_mean', 'running_var',
+                                                         'num_batches_tracked'))),
+                dropped=info['dropped'])
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description='Check that a weight file loads into FHD; print its '
+                                            'kind, size and SHA-256.')
+    p.add_argument('file')
+    p.add_argument('--backbone', default='mit_b2')
+    args = p.parse_args(argv)
+    try:
+        d = describe(args.file, args.backbone)
+    except CheckpointError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    for k, v in d.items():
+        print(f'{k}: {v}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Weight loading: official ImageNet MiT files, original FHD release files, own checkpoints, and
 a clear one-line CheckpointError for every kind of bad file."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,156 @@ def test_numpy_meta_loads_but_arbitrary_objects_are_refused(tmp_path):
 
 class ArbitraryObject:
     pass
+
+
+# ---- Hugging Face transformers SegFormer layout (nvidia/mit-b0..b5) ----
+
+def hf_name(original):
+    """The transformers name of an original bare MiT key, written out from the documented
+    SegFormer layout (independent of the converter): None for kv, which is split."""
+    m = re.match(r'patch_embed(\d)\.(proj|norm)\.(\w+)$', original)
+    if m:
+        part = 'proj' if m[2] == 'proj' else 'layer_norm'
+        return f'segformer.encoder.patch_embeddings.{int(m[1]) - 1}.{part}.{m[3]}'
+    m = re.match(r'norm(\d)\.(\w+)$', original)
+    if m:
+        return f'segformer.encoder.layer_norm.{int(m[1]) - 1}.{m[2]}'
+    m = re.match(r'block(\d)\.(\d+)\.(.+)\.(weight|bias)$', original)
+    stage, index, module, what = int(m[1]) - 1, m[2], m[3], m[4]
+    hf_module = {'norm1': 'layer_norm_1', 'norm2': 'layer_norm_2', 'attn.q': 'attention.self.query',
+                 'attn.sr': 'attention.self.sr', 'attn.norm': 'attention.self.layer_norm',
+                 'attn.proj': 'attention.output.dense', 'mlp.fc1': 'mlp.dense1',
+                 'mlp.fc2': 'mlp.dense2', 'mlp.dwconv.dwconv': 'mlp.dwconv.dwconv',
+                 'attn.kv': None}[module]
+    return hf_module and f'segformer.encoder.block.{stage}.{index}.{hf_module}.{what}'
+
+
+def hf_state_dict(original_sd, prefix=True, classifier=True):
+    out = {}
+    for k, v in original_sd.items():
+        name = hf_name(k)
+        if name is None:          # attn.kv -> key (first half of the rows), value (second)
+            base = hf_name(k.replace('attn.kv', 'attn.q')).replace('.query.', '.')
+            half = v.shape[0] // 2
+            out[base.replace('attention.self.', 'attention.self.key.')] = v[:half].clone()
+            out[base.replace('attention.self.', 'attention.self.value.')] = v[half:].clone()
+        else:
+            out[name] = v
+    if classifier:
+        out['classifier.weight'], out['classifier.bias'] = torch.randn(1000, 512), torch.randn(1000)
+    if not prefix:
+        out = {k[len('segformer.'):] if k.startswith('segformer.') else k: v for k, v in out.items()}
+    return out
+
+
+@pytest.fixture(scope='module')
+def b2_original_backbone():
+    with open(FIXTURES / 'mit_b2_backbone_keys.json') as f:
+        shapes = {e['key']: tuple(e['shape']) for e in json.load(f)['entries']}
+    return random_state(shapes, seed=3)
+
+
+def test_huggingface_layout_safetensors_and_bin(tmp_path, b2_model, b2_original_backbone):
+    from safetensors.torch import save_file
+    sd = b2_original_backbone
+    hf = hf_state_dict(sd)
+    assert sum('.attention.self.key.' in k for k in hf) == 2 * 16      # 16 blocks in mit_b2
+    assert not any('kv' in k for k in hf)
+    files = []
+    save_file(hf, tmp_path / 'model.safetensors')
+    files.append(tmp_path / 'model.safetensors')
+    torch.save(hf_state_dict(sd, prefix=False), tmp_path / 'pytorch_model.bin')
+    files.append(tmp_path / 'pytorch_model.bin')
+    torch.save(hf_state_dict(sd, classifier=False), tmp_path / 'encoder_only.bin')
+    files.append(tmp_path / 'encoder_only.bin')
+    decoder_before = {k: v.clone() for k, v in b2_model.decoder.state_dict().items()}
+    for path in files:
+        for v in b2_model.encoder.parameters():
+            v.data.zero_()
+        info = load_checkpoint(b2_model, path)
+        assert info['kind'] == 'huggingface_backbone', path
+        expected_dropped = [] if path.name == 'encoder_only.bin' else ['classifier.bias',
+                                                                        'classifier.weight']
+        assert info['dropped'] == expected_dropped
+        own = b2_model.state_dict()
+        for ours, orig in original_key_map(b2_model).items():
+            if ours.startswith('encoder.'):     # every encoder tensor exactly, kv = [key; value]
+                assert torch.equal(own[ours], sd[orig[len('backbone.backbone.'):]]), (path, ours)
+    for k, v in b2_model.decoder.state_dict().items():
+        assert torch.equal(v, decoder_before[k]), k
+
+
+@pytest.fixture(scope='module')
+def b0():
+    """An mit_b0 FHD and its encoder as original bare names (what an ImageNet file holds)."""
+    model = build_fhd('mit_b0')
+    prefix = 'backbone.backbone.'
+    sd = {orig[len(prefix):]: model.state_dict()[ours].clone()
+          for ours, orig in original_key_map(model).items() if orig.startswith(prefix)}
+    return model, sd
+
+
+def b0_hf_file(tmp_path, sd, mutate=None, name='hf.safetensors'):
+    from safetensors.torch import save_file
+    hf = hf_state_dict(sd, classifier=False)
+    if mutate:
+        mutate(hf)
+    save_file(hf, tmp_path / name)
+    return tmp_path / name
+
+
+def test_huggingface_errors(tmp_path, b0):
+    model, sd = b0
+
+    def drop_value(hf):
+        del hf['segformer.encoder.block.1.0.attention.self.value.weight']
+    expect_error(model, b0_hf_file(tmp_path, sd, drop_value),
+                 'block.1.0.attention.self.key.weight', 'no matching value')
+
+    def rename(hf):
+        hf['segformer.encoder.block.0.0.mlp.dense3.weight'] = hf.pop(
+            'segformer.encoder.block.0.0.mlp.dense2.weight')
+    expect_error(model, b0_hf_file(tmp_path, sd, rename), 'unexpected keys', 'mlp.dense3.weight')
+
+    def drop_stage_norm(hf):
+        del hf['segformer.encoder.layer_norm.3.bias']
+    expect_error(model, b0_hf_file(tmp_path, sd, drop_stage_norm), 'missing keys',
+                 'encoder.stages.3.norm.bias')
+    # mit_b0 weights are not mit_b1 weights
+    expect_error(build_fhd('mit_b1'), b0_hf_file(tmp_path, sd), 'wrong shapes')
+    path = b0_hf_file(tmp_path, sd)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    expect_error(model, path, 'truncated or corrupt')
+
+
+def test_bin_files_load_without_safetensors(tmp_path, monkeypatch, b0):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_safetensors(name, *args, **kwargs):
+        if name.startswith('safetensors'):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    model, sd = b0
+    st = b0_hf_file(tmp_path, sd)
+    torch.save(hf_state_dict(sd, classifier=False), tmp_path / 'pytorch_model.bin')
+    monkeypatch.setattr(builtins, '__import__', no_safetensors)
+    assert load_checkpoint(model, tmp_path / 'pytorch_model.bin')['kind'] == 'huggingface_backbone'
+    expect_error(model, st, 'needs the safetensors package', 'pip install safetensors')
+
+
+def test_describe_prints_kind_size_and_sha256(tmp_path, capsys, b0):
+    import hashlib
+    from models import checkpoint
+    path = b0_hf_file(tmp_path, b0[1])
+    assert checkpoint.main([str(path), '--backbone', 'mit_b0']) == 0
+    out = capsys.readouterr().out
+    assert 'kind: huggingface_backbone' in out
+    assert f'sha256: {hashlib.sha256(path.read_bytes()).hexdigest()}' in out
+    assert f'bytes: {path.stat().st_size}' in out
+    n_encoder = sum(v.numel() for v in b0[0].encoder.parameters())
+    assert f'parameters_loaded: {n_encoder}' in out
+    assert checkpoint.main([str(tmp_path / 'missing.pth')]) == 2
+    assert capsys.readouterr().err.startswith('error: ')

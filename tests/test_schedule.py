@@ -65,7 +65,7 @@ def test_manifest_counts_106_226_263():
 
 def test_model_counts_106_226_261_and_merged_groups():
     from models import build_fhd, original_key_map
-    model = build_fhd(backbone='mit_b2', fast=True)
+    model = build_fhd(backbone='mit_b2')
     key_map = original_key_map(model)
     table = classify_params(model, key_map)
     # The original's counts minus the unused decode_head.conv_seg (weight, bias).

@@ -173,7 +173,7 @@ def test_fixed_batch_overfits(one_thread):
     from models import build_fhd, original_key_map
     from utils.schedule import build_param_groups
     torch.manual_seed(0)
-    model = build_fhd(backbone='mit_b0', fast=True, drop_path_rate=0.0)
+    model = build_fhd(backbone='mit_b0', drop_path_rate=0.0)
     opt = torch.optim.AdamW(build_param_groups(model, 1e-4, 0.01, original_key_map(model)),
                             betas=(0.9, 0.999))
     img = torch.randn(2, 6, 64, 64)
@@ -283,3 +283,22 @@ def test_train_eval_sh_demo_end_to_end(tiny_data, tmp_path):
     grid = cv2.imread(str(tmp_path / 'assets' / 'demo_results.png'))
     assert grid is not None and grid.shape[1] == 5 * 64 + 4 * 4
     assert cv2.imread(str(tmp_path / 'assets' / 'demo_loss.png')) is not None
+
+
+def test_missing_pretrained_is_an_error_but_none_and_demo_train_from_scratch(tiny_data, tmp_path,
+                                                                             capsys, one_thread):
+    # a real dataset (custom) with the backbone file missing: stop before anything is written
+    missing = tmp_path / 'model_ckpt' / 'mit_b0.pth'
+    rc = train.main(['--dataset', 'custom', '--data-root', tiny_data, '--work-dir',
+                     str(tmp_path / 'w'), *TINY, '--pretrained', str(missing)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and 'Traceback' not in err and len(err.splitlines()) == 1
+    assert err.startswith(f'error: --pretrained {missing}: file not found')
+    assert 'model_ckpt/README.md' in err and '--pretrained none' in err
+    assert not (tmp_path / 'w').exists()
+    # the default file of a real dataset is the one the original used; the demo's is none
+    assert train.resolve_defaults(train.parse_args(['--dataset', 'levir'])).pretrained == \
+        os.path.join('model_ckpt', 'mit_b2.pth')
+    assert train.resolve_defaults(train.parse_args(['--dataset', 'demo'])).pretrained == 'none'
+    assert train.resolve_defaults(train.parse_args(
+        ['--dataset', 'demo', '--pretrained', 'x.pth'])).pretrained == 'x.pth'
