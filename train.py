@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import random
 import sys
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from utils import dist as distu
 from utils.checkpoint import (find_resume_checkpoint, get_rng_state, link_atomic,
-                              remove_stale_temps, save_atomic, set_rng_state)
+                              remove_stale_temps, run_mismatches, save_atomic, set_rng_state)
 from utils.logger import TrainLogger, memory_mb
 from utils.metrics import save_json_atomic
 from utils.runtime import keep_freed_memory
@@ -49,6 +48,9 @@ PRESET_SCHEDULES = {
 }
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+# fp16 + GradScaler: a non-finite loss makes the scaler skip that step, which is harmless once;
+# this many in a row means the run is broken (the scaler cannot fix an overflowing forward).
+NONFINITE_PATIENCE = 10
 
 
 class TrainError(RuntimeError):
@@ -85,7 +87,11 @@ def parse_args(argv=None):
                    help='deterministic algorithms (bit-identical reruns on CPU)')
     p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none',
                    help='mixed precision (fp16: CUDA only, with a GradScaler)')
-    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile the model (one process; refused with DDP + SyncBatchNorm)')
+    p.add_argument('--no-tf32', action='store_true',
+                   help='CUDA: full fp32 matmuls and convolutions (default: TF32 on Ampere and '
+                        'newer GPUs, 10-bit mantissa inputs, fp32 accumulation)')
     p.add_argument('--num-workers', type=int, help='data workers per process (default: CPU 0, CUDA 8)')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--drop-path-rate', type=float, default=0.1)
@@ -122,6 +128,36 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
             raise TrainError('--device cuda was asked for, but no CUDA device is available')
         return torch.device('cuda', local_rank)
     return torch.device('cpu')
+
+
+def check_gpu_options(args, device, info) -> None:
+    """Refuse option combinations that would misbehave instead of failing late or silently."""
+    if args.amp == 'fp16' and device.type != 'cuda':
+        raise TrainError('--amp fp16 needs CUDA; use --amp bf16 on CPU')
+    if args.compile and info.enabled and device.type == 'cuda':
+        # Several CUDA processes mean DDP + SyncBatchNorm: dynamo cannot trace SyncBN's
+        # collectives and breaks the graph at each of the decoder's 73 BatchNorms.
+        raise TrainError(f'--compile with {info.world_size} processes: torch.compile cannot '
+                         f'trace SyncBatchNorm under DDP (a graph break at each of the 73 '
+                         f'BatchNorm layers); train multi-GPU without --compile, or compile '
+                         f'on one GPU')
+
+
+def configure_tf32(device, enabled: bool) -> bool:
+    """TF32 for fp32 matmuls and convolutions on CUDA (PyTorch enables it for cuDNN
+    convolutions only by default). Returns whether it is in effect: Ampere (sm_80) or newer."""
+    if device.type != 'cuda':
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return enabled and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def make_scaler(args, device):
+    """GradScaler for fp16 autocast (CUDA), else None."""
+    if device.type != 'cuda' or args.amp != 'fp16':
+        return None
+    return torch.amp.GradScaler('cuda')
 
 
 def configure_determinism(seed: int, deterministic: bool) -> None:
@@ -259,12 +295,20 @@ def autocast(device, amp):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def checkpoint_dict(model, optimizer, scaler, done, args, extra_meta):
+def run_identity(args, preset, world_size) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint (RUN_FIELDS);
+    stored in every checkpoint's meta (eval.py also reads scale/crop from it)."""
+    return dict(dataset=args.dataset, data_root=os.path.realpath(preset.root), crop=preset.crop,
+                scale=preset.scale, batch_size=args.batch_size, lr=args.lr,
+                world_size=world_size, backbone=args.backbone)
+
+
+def checkpoint_dict(model, optimizer, scaler, done, args, extra_meta, identity=None):
     meta = dict(iter=done, backbone=args.backbone, dataset=args.dataset, seed=args.seed,
                 max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr,
                 time=time.strftime('%Y-%m-%d %H:%M:%S'), torch_version=str(torch.__version__),
-                CLASSES=('background', 'change'), PALETTE=[[0, 0, 0], [255, 255, 255]],
-                **extra_meta)
+                CLASSES=('background', 'change'), PALETTE=[[0, 0, 0], [255, 255, 255]])
+    meta.update(identity or {}, **extra_meta)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = dict(meta=meta, state_dict=state_dict, optimizer=optimizer.state_dict(),
                 rng=get_rng_state())
@@ -290,7 +334,15 @@ def resolve_resume(args):
     return args.resume
 
 
-def load_resume(path, args, model, optimizer, scaler, log):
+def check_same_run(path, meta, identity) -> None:
+    mismatches = run_mismatches(meta, identity)
+    if mismatches:
+        what = '; '.join(f'{k} was {old!r}, now {new!r}' for k, old, new in mismatches)
+        raise TrainError(f'--resume {path}: not the same run ({what}); resume with the same '
+                         f'settings, or start a new --work-dir')
+
+
+def load_resume(path, args, model, optimizer, scaler, log, identity):
     if not os.path.isfile(path):
         raise TrainError(f'--resume {path}: file not found')
     try:
@@ -301,9 +353,7 @@ def load_resume(path, args, model, optimizer, scaler, log):
         raise TrainError(f'--resume {path}: not a training checkpoint of train.py '
                          f'(no optimizer state); use --pretrained for weights only')
     meta = ckpt['meta']
-    if meta.get('backbone') != args.backbone:
-        raise TrainError(f"--resume {path}: checkpoint backbone {meta.get('backbone')} "
-                         f'differs from --backbone {args.backbone}')
+    check_same_run(path, meta, identity)
     model.load_state_dict(ckpt['state_dict'], strict=True)
     optimizer.load_state_dict(ckpt['optimizer'])
     if scaler is not None and 'scaler' in ckpt:
@@ -343,19 +393,64 @@ def validate(model, val_ds, device, args, log, done, best, make_checkpoint):
     return metrics, best
 
 
-def check_finite(value: float, done: int, last_ckpt):
-    if not math.isfinite(value):
+class LossMonitor:
+    """Loss statistics of the current log window, kept on the device (no host sync per step).
+
+    Without a GradScaler any non-finite loss stops the run. With one (fp16) a non-finite loss
+    only makes the scaler skip that step: the run stops only after `patience` non-finite
+    losses in a row, or when the forward has left non-finite BatchNorm statistics behind
+    (which a skipped step does not undo). The logged mean is over the finite losses."""
+
+    def __init__(self, device, patience: int = 0):
+        self.patience = patience
+        zero = functools.partial(torch.zeros, (), device=device)
+        self.raw, self.finite_sum, self.n_finite, self.n = zero(), zero(), zero(), zero()
+        self.run, self.max_run = zero(), zero()
+
+    def add(self, loss):
+        loss = loss.detach().float()
+        finite = torch.isfinite(loss)
+        self.raw += loss
+        self.finite_sum += torch.where(finite, loss, torch.zeros_like(loss))
+        self.n_finite += finite
+        self.n += 1
+        self.run = torch.where(finite, torch.zeros_like(self.run), self.run + 1)
+        self.max_run = torch.maximum(self.max_run, self.run)
+
+    def reset(self):
+        for t in (self.raw, self.finite_sum, self.n_finite, self.n, self.max_run):
+            t.zero_()      # `run` carries over: a streak may span two windows
+
+    def check(self, done: int, last_ckpt, model):
+        """(mean finite loss, non-finite count) over all processes; NonFiniteLoss to stop."""
+        raw, finite_sum, n_finite, n = distu.all_reduce_sum(
+            torch.stack([self.raw, self.finite_sum, self.n_finite, self.n])).tolist()
+        streak = int(distu.all_reduce_max(self.max_run).item())
+        bad = int(n - n_finite)
         where = f'last good checkpoint: {last_ckpt}' if last_ckpt else 'no checkpoint was written yet'
-        raise NonFiniteLoss(f'loss is {value} at iteration {done}; stopping ({where})')
+        if bad and not self.patience:
+            raise NonFiniteLoss(f'loss is {raw / n} at iteration {done}; stopping ({where})')
+        if self.patience and streak >= self.patience:
+            raise NonFiniteLoss(f'loss non-finite in {streak} consecutive iterations up to '
+                                f'iteration {done} (GradScaler skipped those steps); stopping ({where})')
+        if bad and not buffers_finite(model):
+            raise NonFiniteLoss(f'BatchNorm running statistics became non-finite by iteration '
+                                f'{done} (a forward overflowed); stopping ({where})')
+        return (finite_sum / n_finite if n_finite else raw / n), bad
+
+
+def buffers_finite(model) -> bool:
+    flags = [torch.isfinite(b).all() for b in model.buffers() if b.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def train(args):
-    keep_freed_memory()
     info = distu.init_distributed('cuda' if args.device == 'cuda' or (
         args.device == 'auto' and torch.cuda.is_available()) else 'cpu')
     device = resolve_device(args.device, info.local_rank)
-    if args.amp == 'fp16' and device.type != 'cuda':
-        raise TrainError('--amp fp16 needs CUDA; use --amp bf16 on CPU')
+    check_gpu_options(args, device, info)
+    keep_freed_memory(device)
+    tf32 = configure_tf32(device, not args.no_tf32)
     if args.num_workers is None:
         args.num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' else 0
 
@@ -369,6 +464,7 @@ def train(args):
     if preset.root is None or not os.path.isdir(preset.root):
         raise TrainError(f'--dataset {args.dataset}: folder {preset.root} not found '
                          f'(see README, Datasets; or pass --data-root)')
+    identity = run_identity(args, preset, info.world_size)
     resume_path = resolve_resume(args)     # checked before anything is written
     if resume_path is None:
         check_pretrained(args)
@@ -376,16 +472,17 @@ def train(args):
     log = TrainLogger(args.work_dir, enabled=info.is_main, echo=tqdm.write)
     if info.is_main:
         remove_stale_temps(args.work_dir)
-        log.info(f'train {args.dataset} ({preset.root}) on {device} x{info.world_size}: '
+        log.info(f'train {args.dataset} ({preset.root}) on {device} x{info.world_size}, '
+                 f'TF32 {"on" if tf32 else "off"}: '
                  + ' '.join(f'{k}={v}' for k, v in vars(args).items()), echo=False)
 
     if args.resume == 'auto' and resume_path is None:
         log.info(f'--resume auto: no checkpoint in {args.work_dir}, starting at iteration 0')
     model, key_map = build_model(args, device, info, log, resuming=resume_path is not None)
     optimizer = build_optimizer(build_param_groups(model, args.lr, 0.01, key_map), args.lr)
-    scaler = torch.amp.GradScaler('cuda', enabled=args.amp == 'fp16') if device.type == 'cuda' else None
+    scaler = make_scaler(args, device)
 
-    start_iter, meta = (load_resume(resume_path, args, model, optimizer, scaler, log)
+    start_iter, meta = (load_resume(resume_path, args, model, optimizer, scaler, log, identity)
                         if resume_path else (0, {}))
     best = dict(f1=meta.get('best_f1', -1.0), iter=meta.get('best_iter'))
     last_ckpt = resume_path if start_iter else None
@@ -406,7 +503,7 @@ def train(args):
     sync_every = args.log_interval if device.type == 'cuda' else 1
     bar = tqdm(total=args.max_iters, initial=start_iter, disable=not info.is_main, unit='it',
                dynamic_ncols=True, smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30)
-    loss_sum = torch.zeros((), device=device)
+    monitor = LossMonitor(device, patience=NONFINITE_PATIENCE if scaler is not None else 0)
     n_sum, t_last, last_val, last_loss = 0, time.time(), None, None
     t_start = time.time()
     net.train()
@@ -419,7 +516,7 @@ def train(args):
             label = batch['label'].to(device, non_blocking=True)
             lr = set_lr(optimizer, it, args.lr, args.max_iters, **schedule)
             loss = train_step(net, optimizer, scaler, img, label, device, args.amp)
-            loss_sum += loss.detach()
+            monitor.add(loss)
             n_sum += 1
             done = it + 1
             bar.update(1)
@@ -428,29 +525,32 @@ def train(args):
             eval_now = bool(args.eval_interval) and (done % args.eval_interval == 0 or done == args.max_iters)
             log_now = done % args.log_interval == 0 or done == args.max_iters
             if log_now or save_now or eval_now or done % sync_every == 0:
-                mean_loss = distu.all_reduce_mean(loss_sum / n_sum).item()
-                check_finite(mean_loss, done, last_ckpt)
+                mean_loss, nonfinite = monitor.check(done, last_ckpt, model)
             if log_now:
                 now = time.time()
                 last_loss = mean_loss
                 rec = dict(mode='train', iter=done, loss=round(mean_loss, 6), lr=lr,
                            time=round((now - t_last) / n_sum, 4), memory=round(memory_mb(device), 1))
+                if nonfinite:       # steps the GradScaler skipped in this window
+                    rec['nonfinite_losses'] = nonfinite
                 log.record(**rec)
                 log.info(f"iter {done}/{args.max_iters} loss {mean_loss:.4f} lr {lr:.3e} "
                          f"time {rec['time']:.3f}s/it mem {rec['memory']:.0f}MiB", echo=False)
                 bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', refresh=False)
-                loss_sum.zero_()
+                monitor.reset()
                 n_sum, t_last = 0, now
             if eval_now:
                 if info.is_main and val_ds is not None:
-                    make_ckpt = functools.partial(checkpoint_dict, model, optimizer, scaler, done, args)
+                    make_ckpt = functools.partial(checkpoint_dict, model, optimizer, scaler, done,
+                                                  args, identity=identity)
                     last_val, best = validate(model, val_ds, device, args, log, done, best, make_ckpt)
                 distu.barrier()
             if save_now:
                 if info.is_main:
                     extra = dict(best_f1=best['f1'], best_iter=best['iter'])
                     last_ckpt = save_training_checkpoint(
-                        checkpoint_dict(model, optimizer, scaler, done, args, extra), args.work_dir, done)
+                        checkpoint_dict(model, optimizer, scaler, done, args, extra, identity),
+                        args.work_dir, done)
                     log.info(f'saved {last_ckpt}', echo=False)
                 distu.barrier()
     except NonFiniteLoss as e:

@@ -1,5 +1,6 @@
 """train.py on CPU with tiny generated data: learning, resume equality, kill + resume, DDP, NaN stop."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def reference_run(tiny_data, tmp_path_factory):
     return work
 
 
-def test_reference_run_outputs(reference_run):
+def test_reference_run_outputs(reference_run, tiny_data):
     names = set(os.listdir(reference_run))
     assert {'iter_2.pth', 'iter_4.pth', 'iter_6.pth', 'iter_8.pth', 'latest.pth', 'best.pth',
             'train.log', 'train.jsonl', 'final_metrics.json', 'config.json'} <= names
@@ -81,6 +82,11 @@ def test_reference_run_outputs(reference_run):
     assert not os.path.islink(latest)
     ckpt = torch.load(latest, map_location='cpu', weights_only=True)
     assert ckpt['meta']['iter'] == 8 and ckpt['meta']['backbone'] == 'mit_b0'
+    # what a resume must share with this run (the demo preset's scale 128 / crop 64)
+    assert {k: ckpt['meta'][k] for k in ('dataset', 'data_root', 'crop', 'scale', 'batch_size',
+                                         'lr', 'world_size')} == dict(
+        dataset='demo', data_root=os.path.realpath(tiny_data), crop=64,
+        scale=128, batch_size=2, lr=train.PRESET_SCHEDULES['demo']['lr'], world_size=1)
     assert {'torch', 'numpy', 'python'} <= set(ckpt['rng'])
     assert len(ckpt['optimizer']['param_groups']) == 3
     assert_same_weights(ckpt['state_dict'], load_weights(os.path.join(reference_run, 'iter_8.pth')))
@@ -95,6 +101,41 @@ def test_reference_run_outputs(reference_run):
     assert [r['iter'] for r in records if r['mode'] == 'val'] == [4, 8]
     final = json.load(open(os.path.join(reference_run, 'final_metrics.json')))
     assert final['iters'] == 8 and 'f1' in final['val'] and final['best']['iter'] in (4, 8)
+
+
+def test_resume_of_another_run_is_a_one_line_error(reference_run, tiny_data, tmp_path, capsys,
+                                                   one_thread):
+    ckpt = os.path.join(reference_run, 'iter_4.pth')
+    base = ['--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(tmp_path),
+            '--max-iters', '8', '--resume', ckpt, *TINY]
+    for extra, message in ((['--batch-size', '1'], 'batch_size was 2, now 1'),
+                           (['--lr', '0.001'], 'lr was 0.0003, now 0.001'),
+                           (['--crop-size', '32'], 'crop was 64, now 32; scale was 128, now 64')):
+        rc = train.main(base + extra)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and 'Traceback' not in err, err
+        assert err.startswith(f'error: --resume {ckpt}: not the same run (') and message in err, err
+    other = tmp_path / 'other_data'
+    import shutil
+    shutil.copytree(tiny_data, other)
+    rc = train.main(base[:3] + [str(other)] + base[4:])
+    err = capsys.readouterr().err
+    assert rc == 2 and (f"data_root was '{os.path.realpath(tiny_data)}', "
+                        f"now '{os.path.realpath(other)}'") in err
+
+
+def test_eval_reads_the_training_geometry(reference_run, tiny_data, tmp_path):
+    from datasets import get_preset
+    from utils.checkpoint import read_meta, with_training_geometry
+    custom = get_preset('custom', tiny_data)
+    assert (custom.scale, custom.crop) == (256, 256)
+    trained = with_training_geometry(custom, os.path.join(reference_run, 'iter_8.pth'))
+    assert (trained.scale, trained.crop, trained.root) == (128, 64, custom.root)
+    torch.save({'meta': {'iter': 1}, 'state_dict': {}}, tmp_path / 'release.pth')   # no geometry
+    assert with_training_geometry(custom, tmp_path / 'release.pth') == custom
+    (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
+    assert read_meta(tmp_path / 'junk.pth') is None
+    assert with_training_geometry(custom, tmp_path / 'junk.pth') == custom
 
 
 def test_resume_from_checkpoint_is_bit_identical(reference_run, tiny_data, tmp_path):
@@ -302,3 +343,76 @@ def test_missing_pretrained_is_an_error_but_none_and_demo_train_from_scratch(tin
     assert train.resolve_defaults(train.parse_args(['--dataset', 'demo'])).pretrained == 'none'
     assert train.resolve_defaults(train.parse_args(
         ['--dataset', 'demo', '--pretrained', 'x.pth'])).pretrained == 'x.pth'
+
+
+class FakeArgs:
+    def __init__(self, **kw):
+        self.amp, self.compile = kw.get('amp', 'none'), kw.get('compile', False)
+
+
+def test_gpu_option_checks():
+    from utils.dist import DistInfo
+    cuda, cpu = torch.device('cuda', 0), torch.device('cpu')
+    with pytest.raises(train.TrainError) as e:
+        train.check_gpu_options(FakeArgs(compile=True), cuda, DistInfo(rank=0, world_size=4))
+    assert str(e.value).startswith('--compile with 4 processes') and 'SyncBatchNorm' in str(e.value)
+    train.check_gpu_options(FakeArgs(compile=True), cuda, DistInfo())            # one GPU: fine
+    train.check_gpu_options(FakeArgs(compile=True), cpu, DistInfo(world_size=2))  # gloo: no SyncBN
+    with pytest.raises(train.TrainError, match='--amp fp16 needs CUDA'):
+        train.check_gpu_options(FakeArgs(amp='fp16'), cpu, DistInfo())
+
+
+def test_tf32_on_by_default_on_ampere(monkeypatch):
+    assert train.parse_args(['--dataset', 'demo']).no_tf32 is False
+    assert train.parse_args(['--dataset', 'demo', '--no-tf32']).no_tf32 is True
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert train.configure_tf32(torch.device('cpu'), True) is False     # CPU: untouched
+        assert not torch.backends.cuda.matmul.allow_tf32
+        for capability, expected in (((8, 0), True), ((7, 0), False)):      # A100 / V100
+            monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d, c=capability: c)
+            assert train.configure_tf32(torch.device('cuda', 0), True) is expected
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert train.configure_tf32(torch.device('cuda', 0), False) is False    # --no-tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def fp16_like_run(tiny_data, work, monkeypatch, poisoned, max_iters):
+    """train.main with a GradScaler on CPU (the fp16 path, simulated) and an inf loss at the
+    1-based iterations `poisoned`."""
+    monkeypatch.setattr(train, 'make_scaler', lambda args, device: torch.amp.GradScaler('cpu'))
+    real_loss, calls = train.compute_loss, {'n': 0}
+
+    def loss_with_overflows(logits, label):
+        calls['n'] += 1
+        loss = real_loss(logits, label)
+        return loss * float('inf') if calls['n'] in poisoned else loss
+
+    monkeypatch.setattr(train, 'compute_loss', loss_with_overflows)
+    return train.main(['--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(work),
+                       '--max-iters', str(max_iters), '--checkpoint-interval', '1', *TINY])
+
+
+def test_fp16_transient_inf_loss_is_skipped_not_fatal(tiny_data, tmp_path, monkeypatch, one_thread):
+    assert fp16_like_run(tiny_data, tmp_path, monkeypatch, {3}, 4) == 0
+    records = [json.loads(line) for line in open(tmp_path / 'train.jsonl')]
+    assert [r.get('nonfinite_losses', 0) for r in records] == [0, 0, 1, 0]
+    losses = [r['loss'] for r in records]      # the window of iteration 3 had no finite loss
+    assert losses[2] == math.inf and all(math.isfinite(x) for i, x in enumerate(losses) if i != 2)
+    two, three = load_weights(tmp_path / 'iter_2.pth'), load_weights(tmp_path / 'iter_3.pth')
+    params = [k for k in two if 'running_' not in k and 'num_batches' not in k]
+    assert all(torch.equal(two[k], three[k]) for k in params)      # the step was skipped
+    four = load_weights(tmp_path / 'iter_4.pth')
+    assert not all(torch.equal(three[k], four[k]) for k in params)  # and training went on
+    assert torch.load(tmp_path / 'iter_4.pth', weights_only=True)['scaler']['scale'] < 65536
+
+
+def test_fp16_persistent_inf_loss_stops(tiny_data, tmp_path, monkeypatch, capsys, one_thread):
+    rc = fp16_like_run(tiny_data, tmp_path, monkeypatch, set(range(3, 100)), 20)
+    err = capsys.readouterr().err
+    assert rc == train.EXIT_NONFINITE
+    assert (f'loss non-finite in {train.NONFINITE_PATIENCE} consecutive iterations up to '
+            f'iteration {2 + train.NONFINITE_PATIENCE}') in err

@@ -99,3 +99,41 @@ def set_rng_state(state: dict) -> None:
         cuda_states = state['cuda']
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+# What makes a resumed run the same run: a checkpoint continued with another dataset, batch,
+# lr, process count or crop would silently train something else than either run asked for.
+RUN_FIELDS = ('dataset', 'data_root', 'crop', 'scale', 'batch_size', 'lr', 'world_size',
+              'backbone')
+
+
+def run_mismatches(meta: dict, current: dict) -> list:
+    """[(field, value in the checkpoint, value now)] for the RUN_FIELDS that differ.
+
+    Fields the checkpoint does not have (files of older versions) are not compared."""
+    return [(k, meta[k], current[k]) for k in RUN_FIELDS
+            if k in meta and k in current and meta[k] != current[k]]
+
+
+def read_meta(path: str) -> dict | None:
+    """The `meta` dict of a train.py / mmcv checkpoint, or None (no meta, unreadable file).
+
+    Memory-mapped where the file format allows it, so only the small meta is actually read."""
+    for mmap in (True, False):
+        try:
+            obj = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+        except Exception:   # noqa: BLE001 - the loader proper reports unreadable files
+            continue
+        meta = obj.get('meta') if isinstance(obj, dict) else None
+        return meta if isinstance(meta, dict) else None
+    return None
+
+
+def with_training_geometry(preset, path: str):
+    """`preset` with the resize scale and crop the checkpoint was trained at (train.py stores
+    them in its meta), or unchanged for files without them (release checkpoints)."""
+    import dataclasses
+    meta = read_meta(path) or {}
+    if not all(isinstance(meta.get(k), int) and meta[k] > 0 for k in ('scale', 'crop')):
+        return preset
+    return dataclasses.replace(preset, scale=meta['scale'], crop=meta['crop'])

@@ -63,6 +63,24 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size()
 
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (on a copy); identity in a single process."""
+    if not is_initialized():
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum over processes (on a copy); identity in a single process."""
+    if not is_initialized():
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def broadcast_object(obj, src: int = 0):
     if not is_initialized():
         return obj

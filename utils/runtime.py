@@ -17,11 +17,16 @@ _M_MMAP_MAX = -4
 _applied = None
 
 
-def keep_freed_memory():
+def keep_freed_memory(device=None):
     """Tell glibc malloc to serve large blocks from the heap and never trim it.
 
-    Returns True when applied (Linux with glibc), False elsewhere (a no-op). Idempotent."""
+    `device`: the device the program computes on; the setting is applied only for the CPU
+    (on a GPU the activations live in CUDA's caching allocator, so it would only raise the
+    resident host memory). Returns True when applied (Linux with glibc), False elsewhere (a
+    no-op). Idempotent."""
     global _applied
+    if device is not None and torch_device_type(device) != 'cpu':
+        return False
     if _applied is not None:
         return _applied
     _applied = False
@@ -36,3 +41,8 @@ def keep_freed_memory():
     mallopt.restype = ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
     return _applied
+
+
+def torch_device_type(device):
+    """'cpu' / 'cuda' / ... of a torch.device or a device string ('cuda:1')."""
+    return getattr(device, 'type', None) or str(device).split(':')[0]
