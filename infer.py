@@ -136,12 +136,21 @@ def is_scene(path):
     return Path(path).suffix.lower() not in PLAIN_IMAGE_SUFFIXES
 
 
-def scene_outputs(mask_out, vector=None, prob=False):
-    """Output paths of a scene whose mask is `mask_out` (a .tif name)."""
-    from utils.scene import SceneOutputs
+def scene_outputs(args, job):
+    """Output paths of a scene job: OUT.tif, OUT_prob.tif, OUT.json (with --input-dir:
+    <name>.tif, prob/<name>.tif, <name>.json); fails now if a folder cannot take them."""
+    from utils.scene import SceneOutputs, check_writable
+    _, _, mask_out, prob_out, _ = job
+    mask_out = Path(mask_out).with_suffix('.tif') if args.input_dir else Path(mask_out)
     stem = os.path.splitext(str(mask_out))[0]
-    return SceneOutputs(mask=str(mask_out), prob=stem + '_prob.tif' if prob else None,
-                        vector=vector, summary=stem + '.json')
+    prob = None
+    if args.prob:
+        prob = str(prob_out.with_suffix('.tif')) if args.input_dir else stem + '_prob.tif'
+    outputs = SceneOutputs(mask=str(mask_out), prob=prob, vector=args.vector, summary=stem + '.json')
+    for path, option in ((outputs.mask, '--out'), (outputs.prob, '--prob'), (outputs.vector, '--vector')):
+        if path:
+            check_writable(path, option)
+    return outputs
 
 
 def check_scene_args(args, jobs):
@@ -223,17 +232,14 @@ def run(args):
         raise InferError(f'checkpoint not found: {args.checkpoint} (the released FHD checkpoints are '
                          'linked from the README of github.com/ZSVOS/FHD; put them in model_ckpt/)')
     pairs = open_scenes(args, scenes) if scenes else {}
+    scene_out = {job[0]: scene_outputs(args, job) for job in scenes}
     device = resolve_device(args.device)
     model = build_model(args, device)
 
     for a_path, b_path, mask_out, prob_out, overlay_out in tqdm(jobs, desc='infer', unit='pair',
                                                                  disable=len(jobs) == 1):
         if a_path in pairs:
-            target = mask_out if not args.input_dir else mask_out.with_suffix('.tif')
-            outputs = scene_outputs(target, args.vector, args.prob)
-            if args.input_dir and args.prob:
-                outputs.prob = str(prob_out.with_suffix('.tif'))
-            run_scene_job(model, pairs[a_path], outputs, args, device)
+            run_scene_job(model, pairs[a_path], scene_out[a_path], args, device)
             continue
         a, b = read_pair(a_path, b_path)       # DatasetError when unreadable or sizes differ
         logits = pair_logits(model, a, b, device, args.tile, args.overlap, args.batch_size, args.amp)

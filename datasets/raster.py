@@ -55,9 +55,9 @@ def limit_gdal_cache(megabytes=GDAL_CACHE_MB):
 def scene_cache_bytes(width, tile, itemsize=1):
     """GDAL block cache for streaming a scene `width` pixels wide: the input blocks of one tile
     row of A and B (3 bands each, with a block of slack above and below), so that a striped
-    file is not decoded again for every tile; 16 MB to 512 MB."""
+    file is not decoded again for every tile; 4 MB to 512 MB."""
     need = (tile + 2 * 256) * width * 3 * 2 * itemsize
-    return int(min(max(need, 16 * 2 ** 20), 512 * 2 ** 20))
+    return int(min(max(need, 4 * 2 ** 20), 512 * 2 ** 20))
 
 
 def raster_env(cache_bytes):
@@ -72,7 +72,7 @@ def gdal_message(err):
     text = str(err)
     cause = err.__cause__ or err.__context__
     if cause is not None and 'previous exception' in text:
-        text = f'{text.split(".")[0]}: {cause}'
+        text = str(cause)
     return ' '.join(text.split())
 
 

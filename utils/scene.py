@@ -268,34 +268,49 @@ class BackgroundWriter:
             raise self.error
 
 
-class SceneRasters:
-    """The mask (and probability) GeoTIFFs being written, plus the region tracker and counts."""
+MASK_DESCRIPTION = 'change: 0 no, 1 yes, 255 nodata'
+MASK_COLOURS = {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)}
 
-    def __init__(self, mask_path, prob_path, profile, tags, track_regions):
-        self.datasets = []
-        self.mask = self._open(mask_path, profile, tags, 'change: 0 no, 1 yes, 255 nodata')
-        self.mask.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+
+def open_mask(path, final, profile, tags):
+    ds = _guarded(final, rasterio.open, path, 'w', **profile)
+    ds.update_tags(**tags, FHD_VALUES='0 no change, 1 change, 255 nodata')
+    ds.set_band_description(1, MASK_DESCRIPTION)
+    ds.write_colormap(1, MASK_COLOURS)
+    return ds
+
+
+def open_prob(path, final, profile, tags):
+    ds = _guarded(final, rasterio.open, path, 'w', **dict(profile, predictor=2))
+    ds.update_tags(**tags, FHD_VALUES=f'change probability x {PROB_SCALE}, 255 nodata')
+    ds.set_band_description(1, f'change probability x {PROB_SCALE}, 255 nodata')
+    ds.scales = (1 / PROB_SCALE,)
+    return ds
+
+
+class SceneRasters:
+    """The mask (and probability) GeoTIFFs being written, plus the region tracker and counts.
+    `paths` and `finals`: (mask, prob or None) temporary and final names."""
+
+    def __init__(self, paths, finals, profile, tags, track_regions):
+        self.finals = finals
+        self.mask = open_mask(paths[0], finals[0], profile, tags)
         self.prob = None
-        if prob_path:
-            self.prob = self._open(prob_path, dict(profile, predictor=2), tags,
-                                   'change probability x 254, 255 nodata')
-            self.prob.scales = (1 / PROB_SCALE,)
+        try:
+            if paths[1]:
+                self.prob = open_prob(paths[1], finals[1], profile, tags)
+        except BaseException:
+            self.mask.close()
+            raise
         self.tracker = RegionTracker(profile['width']) if track_regions else None
         self.valid_pixels = self.changed_pixels = 0
-
-    def _open(self, path, profile, tags, description):
-        ds = rasterio.open(path, 'w', **profile)
-        self.datasets.append(ds)
-        ds.update_tags(**tags)
-        ds.set_band_description(1, description)
-        return ds
 
     def write(self, item):
         row0, mask, prob_u8, prob = item
         window = Window(0, row0, mask.shape[1], mask.shape[0])
-        self.mask.write(mask, 1, window=window)
+        _guarded(self.finals[0], self.mask.write, mask, 1, window=window)
         if self.prob is not None:
-            self.prob.write(prob_u8, 1, window=window)
+            _guarded(self.finals[1], self.prob.write, prob_u8, 1, window=window)
         changed = mask == 1
         self.valid_pixels += int((mask != NODATA).sum())
         self.changed_pixels += int(changed.sum())
@@ -303,16 +318,18 @@ class SceneRasters:
             self.tracker.feed(row0, changed, prob)
 
     def close(self, overviews=True):
-        """Build the overviews and close; returns the region records (or None)."""
+        """Build the overviews and close both files; returns the region records (or None)."""
         try:
-            for ds, method in ((self.mask, Resampling.nearest), (self.prob, Resampling.average)):
+            for ds, final, method in ((self.mask, self.finals[0], Resampling.nearest),
+                                      (self.prob, self.finals[1], Resampling.average)):
                 if ds is not None and overviews:
                     factors = overview_factors(ds.height, ds.width)
                     if factors:
-                        ds.build_overviews(factors, method)
+                        _guarded(final, ds.build_overviews, factors, method)
         finally:
-            for ds in self.datasets:
-                ds.close()
+            for ds, final in ((self.mask, self.finals[0]), (self.prob, self.finals[1])):
+                if ds is not None:
+                    _guarded(final, ds.close)
         return self.tracker.close() if self.tracker is not None else None
 
 
@@ -325,23 +342,28 @@ def geojson_crs(crs):
 
 
 class GeoJSONWriter:
-    """A FeatureCollection written one feature at a time (nothing accumulates)."""
+    """A FeatureCollection written one feature at a time (nothing accumulates); `final` is the
+    name the file will get, for error messages."""
 
-    def __init__(self, f, crs, name):
-        self.f, self.count = f, 0
+    def __init__(self, f, crs, name, final):
+        self.f, self.final, self.count = f, final, 0
         head = {'type': 'FeatureCollection', 'name': name}
         if geojson_crs(crs):
             head['crs'] = geojson_crs(crs)
-        f.write(json.dumps(head)[:-1] + ', "features": [\n')
+        self._write(json.dumps(head)[:-1] + ', "features": [\n')
+
+    def _write(self, text):
+        _guarded(self.final, self.f.write, text)
 
     def add(self, geometry, properties):
         sep = ',\n' if self.count else ''
-        self.f.write(sep + json.dumps({'type': 'Feature', 'properties': properties,
-                                       'geometry': geometry}, separators=(',', ':')))
+        self._write(sep + json.dumps({'type': 'Feature', 'properties': properties,
+                                      'geometry': geometry}, separators=(',', ':')))
         self.count += 1
 
     def close(self):
-        self.f.write('\n]}\n')
+        self._write('\n]}\n')
+        _guarded(self.final, self.f.flush)
 
 
 def region_polygon(component, transform):
@@ -487,10 +509,9 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
         prob_tmp = stack.enter_context(atomic_path(outputs.prob, suffix='.tif')) if outputs.prob else None
         batches = iter(loader)      # workers start here, before any output file is open
         stack.callback(pair.close)
-        rasters = _guarded(outputs.mask, SceneRasters, raw_mask, prob_tmp, profile,
-                           dict(tags, FHD_VALUES='0 no change, 1 change, 255 nodata'),
-                           bool(outputs.vector or min_pixels))
-        writer = BackgroundWriter(lambda item: _guarded(outputs.mask, rasters.write, item))
+        rasters = SceneRasters((raw_mask, prob_tmp), (outputs.mask, outputs.prob), profile, tags,
+                               bool(outputs.vector or min_pixels))
+        writer = BackgroundWriter(rasters.write)
         bar = tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True)
         try:
             for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
@@ -502,7 +523,7 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
                 writer.close()
             finally:
                 # with min_area the mask is written again by the second pass (overviews there)
-                regions = _guarded(outputs.mask, rasters.close, options.overviews and not min_pixels)
+                regions = rasters.close(options.overviews and not min_pixels)
         seconds = time.perf_counter() - t0
         summary = {'a': pair.a_path, 'b': pair.b_path, 'width': pair.width, 'height': pair.height,
                    'crs': crs_name(crs), 'transform': list(transform)[:6], 'grid': pair.grid_note,
@@ -523,8 +544,7 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
         summary['seconds'] = round(time.perf_counter() - t0, 3)
         if outputs.summary:
             tmp = stack.enter_context(atomic_path(outputs.summary, suffix='.json'))
-            with open(tmp, 'w') as f:
-                json.dump(summary, f, indent=2)
+            _guarded(outputs.summary, _write_json, tmp, summary)
     return summary               # all temporary files renamed when the stack closed
 
 
@@ -534,13 +554,9 @@ def _second_pass(raw_mask, mask_tmp, regions, transform, area, min_pixels, outpu
     if outputs.vector:
         tmp = stack.enter_context(atomic_path(outputs.vector, suffix='.geojson'))
         f = stack.enter_context(open(tmp, 'w'))
-        vector = GeoJSONWriter(f, crs, os.path.splitext(os.path.basename(outputs.vector))[0])
-    mask_out = None
-    if mask_tmp:
-        mask_out = _guarded(outputs.mask, rasterio.open, mask_tmp, 'w', **profile)
-        mask_out.update_tags(**tags, FHD_VALUES='0 no change, 1 change, 255 nodata')
-        mask_out.set_band_description(1, 'change: 0 no, 1 yes, 255 nodata')
-        mask_out.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+        vector = GeoJSONWriter(f, crs, os.path.splitext(os.path.basename(outputs.vector))[0],
+                               outputs.vector)
+    mask_out = open_mask(mask_tmp, outputs.mask, profile, tags) if mask_tmp else None
     bar = tqdm(total=len(regions), unit='region', desc='regions', dynamic_ncols=True)
     try:
         polygons, removed, removed_pixels = _guarded(
@@ -553,17 +569,22 @@ def _second_pass(raw_mask, mask_tmp, regions, transform, area, min_pixels, outpu
     finally:
         bar.close()
         if mask_out is not None:
-            mask_out.close()
+            _guarded(outputs.mask, mask_out.close)
     if vector is not None:
         vector.close()
     return {'regions': int(len(regions)), 'polygons': polygons, 'removed_regions': removed,
             'removed_pixels': removed_pixels}
 
 
+def _write_json(path, data):
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2)
+
+
 def _guarded(final_path, fn, *args, **kwargs):
-    """Call fn; a GDAL failure while writing becomes one line naming the output."""
+    """Call fn; a failure while writing (GDAL's or the OS's) becomes one line naming the output."""
     try:
         return fn(*args, **kwargs)
-    except RasterioError as err:
+    except (RasterioError, OSError) as err:
         raise SceneError(f'writing {final_path} failed: {gdal_message(err)} (disk full?); '
                          'no partial file was left under that name') from None
