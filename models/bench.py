@@ -1,4 +1,4 @@
-"""Reference vs fast path: size, FLOPs and eval-forward time.
+"""Reference path vs inference module: size, FLOPs and eval-forward time.
 
     python -m models.bench [--backbone mit_b2] [--batch-sizes 1 8] [--runs 10] [--threads 2]
 """
@@ -31,7 +31,8 @@ def main(argv=None):
     cost = model_cost(model, size=tuple(args.size))
     print(f'FHD-{args.backbone}: {cost["params"]:,} parameters')
     print(f'GFLOPs per pair at {args.size[0]}x{args.size[1]}: reference '
-          f'{cost["flops_reference"] / 1e9:.2f}, fast {cost["flops_fast"] / 1e9:.2f}')
+          f'{cost["flops_reference"] / 1e9:.2f}, folded (training) {cost["flops_folded"] / 1e9:.2f}, '
+          f'inference {cost["flops_inference"] / 1e9:.2f}')
     results = benchmark_forward(model, args.batch_sizes, tuple(args.size), args.runs,
                                 args.warmup, args.threads)
     print(format_benchmark(results, tuple(args.size), args.threads))

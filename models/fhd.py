@@ -5,67 +5,37 @@ after the mask conv, the extra ReLUs in the differentiation branches, the factor
 D = 2*I_a*w + 2*I_b*(1-w), the [context, features] and [level4..level1] concatenation orders,
 16 inner channels everywhere and separate weights for the two dates.
 
-Two execution paths share one set of weights (``model.fast``):
+Two orders of computation share one set of weights (``fold_decoder``):
 * reference: project every level to 768 channels, upsample, concatenate (3072 channels) and
   apply the 1x1 fuse conv, as the original does;
-* fast (default): projection, bilinear upsampling and the fuse conv are all linear, so the fuse
+* folded (default): projection, bilinear upsampling and the fuse conv are all linear, so the fuse
   conv's slice for each level is folded into that level's projection and applied at the level's
   own resolution before upsampling (bilinear weights sum to one, so biases pass through). This
   removes the 3072->768 conv at 1/4 resolution (19.3 of 38.2 GFLOPs per 256x256 pair). The fold
-  is recomputed differentiably in training; in eval it is cached and also absorbs the fuse BN.
-  The projections run channels-last (much faster bilinear upsampling on CPU), and in inference
-  the BNs of the conv-BN-ReLU blocks are folded into their convs (cached as well), conv + ReLU
-  run as one oneDNN kernel, and the encoder folds attention projections and uses fused oneDNN
-  kernels (see ``mit.EfficientSelfAttention._folded_attention``, ``mit.linear``,
-  ``mit.conv_gelu``).
+  is the same differentiable function of the weights, recomputed at every call.
+
+Inference-only rewrites (BN folds, fused CPU kernels, the attention fold) are not here: they
+are built from a trained model by ``models.inference.for_inference``.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mit import (EfficientSelfAttention, MixFFN, build_mit, can_use_onednn_fused, conv1x1_relu,
-                  linear)
+from .mit import build_mit
 
 INNER_CHANNELS_DIVISOR = 16   # the original uses r = C // 16 and inner width C // r (= 16)
 
 
-def cached(module, tensors, compute):
-    """compute(), cached on ``module`` until one of ``tensors`` changes (in place or replaced)."""
-    if torch.compiler.is_compiling():
-        return compute()
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    entry = module.__dict__.get('_cache')
-    if entry is None or entry[0] != key:
-        entry = module.__dict__['_cache'] = (key, compute())
-    return entry[1]
-
-
 class ConvBNReLU(nn.Module):
-    """1x1 conv without bias -> BatchNorm -> ReLU (mmcv ConvModule with a norm).
-
-    With ``fold_bn`` (set by the fast path) and in inference (eval, no grad) the BN is folded
-    into the conv: one conv with bias instead of conv + BN."""
+    """1x1 conv without bias -> BatchNorm -> ReLU (mmcv ConvModule with a norm)."""
 
     def __init__(self, in_ch, out_ch):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
-        self.fold_bn = False
 
     def forward(self, x):
-        if self.fold_bn and not self.training and not torch.is_grad_enabled():
-            bn = self.bn
-            w, b = cached(self, [self.conv.weight, bn.weight, bn.bias, bn.running_mean,
-                                 bn.running_var], self._folded)
-            if can_use_onednn_fused(x):
-                return conv1x1_relu(x, w, b)
-            return F.relu(F.conv2d(x, w, b))
         return F.relu(self.bn(self.conv(x)))
-
-    def _folded(self):
-        bn = self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        return self.conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
 class TimeSpecificMask(nn.Module):
@@ -74,11 +44,8 @@ class TimeSpecificMask(nn.Module):
     def __init__(self, channels, num_maps=2):
         super().__init__()
         self.conv = nn.Conv2d(channels, num_maps, 1)
-        self.fast = False   # set by FHD.fast: fused conv + ReLU in inference
 
     def forward(self, x):
-        if self.fast and can_use_onednn_fused(x):
-            return conv1x1_relu(x, self.conv.weight, self.conv.bias)
         return F.relu(self.conv(x))
 
 
@@ -166,9 +133,10 @@ class FeatureDifferentiationLevel(nn.Module):
 
 class FHDDecoder(nn.Module):
     def __init__(self, in_channels=(64, 128, 320, 512), embed_dim=768, num_classes=2,
-                 dropout=0.1):
+                 dropout=0.1, fold=True):
         super().__init__()
         self.embed_dim = embed_dim
+        self.fold = fold
         self.levels = nn.ModuleList(FeatureDifferentiationLevel(c) for c in in_channels)
         self.level_proj = nn.ModuleList(nn.Linear(c, embed_dim) for c in in_channels)
         self.fuse = ConvBNReLU(len(in_channels) * embed_dim, embed_dim)
@@ -185,18 +153,16 @@ class FHDDecoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, feats_a, feats_b, fast=True):
+    def forward(self, feats_a, feats_b):
         diffs = [level(a, b) for level, a, b in zip(self.levels, feats_a, feats_b)]
-        if not fast:
+        if self.fold:
+            x = F.relu(self.fuse.bn(sum_projections(diffs, folded_projections(self))))
+        else:
             x = self.fuse(self._concat_projections(diffs))
-        elif self.training or torch.is_grad_enabled():
-            x = F.relu(self.fuse.bn(self._folded_projections(diffs, self._fold_weights())))
-        else:   # inference: nothing keeps the summed map, so the ReLU can overwrite it
-            x = self._folded_projections(diffs, self._eval_fold_weights(), relu_=True)
         return self.classifier(self.dropout(x))
 
-    # reference path: the original order of operations
     def _concat_projections(self, diffs):
+        """The original order: project to 768, upsample, concatenate [level4..level1]."""
         size = diffs[0].shape[2:]
         projected = []
         for d, proj in zip(diffs, self.level_proj):
@@ -205,60 +171,41 @@ class FHDDecoder(nn.Module):
             if p.shape[2:] != size:
                 p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
             projected.append(p)
-        return torch.cat(projected[::-1], dim=1)   # order [level4..level1]
+        return torch.cat(projected[::-1], dim=1)
 
-    # fast path
-    def _fold_weights(self):
-        """Per level (W_fuse[:, block] @ W_proj, W_fuse[:, block] @ b_proj); differentiable."""
-        w_fuse = self.fuse.conv.weight.flatten(1)
-        n, e = len(self.level_proj), self.embed_dim
-        folded = []
-        for i, proj in enumerate(self.level_proj):
-            block = w_fuse[:, (n - 1 - i) * e:(n - i) * e]    # concat order is [level4..level1]
-            folded.append((block @ proj.weight, block @ proj.bias))
-        return folded
 
-    def _eval_fold_weights(self):
-        """Cached fold that also absorbs the eval-mode fuse BN (a per-channel affine map,
-        which commutes with upsampling for the same reason the biases do)."""
-        bn = self.fuse.bn
-        tensors = [self.fuse.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        for proj in self.level_proj:
-            tensors += [proj.weight, proj.bias]
-        return cached(self, tensors, lambda: self._fold_with_bn(self._fold_weights()))
+def folded_projections(decoder):
+    """Per level (W_fuse[:, block] @ W_proj, W_fuse[:, block] @ b_proj): the fuse conv's slice
+    of each level folded into that level's projection. Differentiable; computed from the
+    weights as they are at the call."""
+    w_fuse = decoder.fuse.conv.weight.flatten(1)
+    n, e = len(decoder.level_proj), decoder.embed_dim
+    folded = []
+    for i, proj in enumerate(decoder.level_proj):
+        block = w_fuse[:, (n - 1 - i) * e:(n - i) * e]    # concat order is [level4..level1]
+        folded.append((block @ proj.weight, block @ proj.bias))
+    return folded
 
-    def _fold_with_bn(self, folded):
-        bn = self.fuse.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
-        out = [(scale[:, None] * w, scale * b) for w, b in folded]
-        out[0] = (out[0][0], out[0][1] + shift)       # level 1 is never resampled
-        return out
 
-    def _folded_projections(self, diffs, folded, relu_=False):
-        # Work channels-last: a token-wise linear map writes NHWC directly, bilinear upsampling
-        # of 768 channels is several times faster in that layout on CPU, and the sum and the
-        # ReLU are layout-agnostic. The returned tensor is NCHW-shaped (channels-last strides).
-        size = diffs[0].shape[2:]
-        parts = []
-        for d, (w, b) in zip(diffs, folded):
-            p = linear(d.permute(0, 2, 3, 1), w, b, fast=True).permute(0, 3, 1, 2)
-            if p.shape[2:] != size:
-                p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
-            parts.append(p)
-        # Sum in place into an upsampled map (a fresh tensor nothing saved). Not into level 1's
-        # map: that one is a permuted view, and an in-place add on a view makes autograd clone
-        # the whole base in backward.
-        total = parts[-1]
-        for p in parts[-2:0:-1]:
-            total = total.add_(p)
-        if not relu_:
-            return total.add_(parts[0])
-        if (total.device.type == 'cpu' and total.dtype == torch.float32
-                and not torch.compiler.is_compiling()):
-            # the last add and the ReLU in one pass over the 768-channel map (a CPU-only kernel)
-            return torch.ops.aten._add_relu_(total, parts[0])
-        return total.add_(parts[0]).relu_()
+def sum_projections(diffs, folded, linear=F.linear):
+    """sum_l upsample(W_l d_l + b_l): the fuse conv's input-side work at each level's own
+    resolution. Channels-last throughout: a token-wise linear map writes NHWC directly, and
+    bilinear upsampling of 768 channels is several times faster in that layout on CPU. The
+    result is NCHW-shaped (channels-last strides)."""
+    size = diffs[0].shape[2:]
+    parts = []
+    for d, (w, b) in zip(diffs, folded):
+        p = linear(d.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
+        if p.shape[2:] != size:
+            p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
+        parts.append(p)
+    # Sum in place into an upsampled map (a fresh tensor nothing saved). Not into level 1's
+    # map: that one is a permuted view, and an in-place add on a view makes autograd clone
+    # the whole base in backward.
+    total = parts[-1]
+    for p in parts[-2:0:-1]:
+        total = total.add_(p)
+    return total.add_(parts[0])
 
 
 def split_pair(x):
@@ -281,50 +228,42 @@ class FHD(nn.Module):
     """Shared MiT encoder on both dates, FHD decoder, bilinear resize to the input size."""
 
     def __init__(self, backbone='mit_b2', num_classes=2, embed_dim=768, drop_path_rate=0.1,
-                 dropout=0.1, fast=True):
+                 dropout=0.1, fold_decoder=True):
         super().__init__()
         self.backbone_name = backbone
         self.encoder = build_mit(backbone, drop_path_rate=drop_path_rate)
-        self.decoder = FHDDecoder(self.encoder.embed_dims, embed_dim, num_classes, dropout)
-        self.fast = fast
-
-    @property
-    def fast(self):
-        return self._fast
-
-    @fast.setter
-    def fast(self, value):
-        self._fast = bool(value)
-        for m in self.decoder.modules():
-            if isinstance(m, ConvBNReLU):
-                m.fold_bn = self._fast
-            elif isinstance(m, TimeSpecificMask):
-                m.fast = self._fast
-        for m in self.encoder.modules():
-            if isinstance(m, (EfficientSelfAttention, MixFFN)):
-                m.fast = self._fast
+        self.decoder = FHDDecoder(self.encoder.embed_dims, embed_dim, num_classes, dropout,
+                                  fold=fold_decoder)
 
     def forward_head(self, x):
         """Logits at 1/4 resolution (the original decode head's output)."""
         a, b = split_pair(x)
         n = a.shape[0]
-        if self.fast and a.device.type == 'cpu':
-            # [A; B] written channels-last in one copy: the first patch embedding's output is
-            # then channels-last too, which its LayerNorm over channels reads without a copy
-            pair = torch.empty((2 * n, *a.shape[1:]), dtype=a.dtype, device=a.device,
-                               memory_format=torch.channels_last)
-            pair[:n], pair[n:] = a, b
-        else:
-            pair = torch.cat([a, b], dim=0)
-        feats = self.encoder(pair)   # one run of the shared encoder on [A; B]
-        return self.decoder([f[:n] for f in feats], [f[n:] for f in feats], fast=self.fast)
+        # one run of the shared encoder on [A; B]; the reference order keeps the original's
+        # contiguous concatenation
+        pair = stack_pair(a, b) if self.decoder.fold else torch.cat([a, b], dim=0)
+        feats = self.encoder(pair)
+        return self.decoder([f[:n] for f in feats], [f[n:] for f in feats])
 
     def forward(self, x):
-        size = (x[0] if isinstance(x, (tuple, list)) else x).shape[2:]
-        return F.interpolate(self.forward_head(x), size=size, mode='bilinear',
-                             align_corners=False)
+        return resize_to_input(self.forward_head(x), x)
 
 
-def build_fhd(backbone='mit_b2', fast=True, drop_path_rate=0.1, num_classes=2, **kwargs):
-    return FHD(backbone=backbone, fast=fast, drop_path_rate=drop_path_rate,
+def stack_pair(a, b):
+    """[A; B] written channels-last in one copy: the first patch embedding's output is then
+    channels-last too, which its LayerNorm over channels reads without a copy."""
+    n = a.shape[0]
+    pair = torch.empty((2 * n, *a.shape[1:]), dtype=a.dtype, device=a.device,
+                       memory_format=torch.channels_last)
+    pair[:n], pair[n:] = a, b
+    return pair
+
+
+def resize_to_input(logits, x):
+    size = (x[0] if isinstance(x, (tuple, list)) else x).shape[2:]
+    return F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+
+
+def build_fhd(backbone='mit_b2', fold_decoder=True, drop_path_rate=0.1, num_classes=2, **kwargs):
+    return FHD(backbone=backbone, fold_decoder=fold_decoder, drop_path_rate=drop_path_rate,
                num_classes=num_classes, **kwargs)

@@ -1,22 +1,230 @@
-"""The inference transform: a trained FHD -> a new, frozen module for evaluation.
+"""The inference transform: a trained FHD -> a new, frozen module that computes the same function.
 
-(skeleton; being filled in by issue 10's work)
+    net = for_inference(model, device='cpu')     # eval mode, weights as they are now
+    logits = net(x)
+
+Everything that only holds for a fixed set of weights is derived here, once, from the weights
+as they are at the call: the decoder fold with the fuse BN absorbed, every conv-BN(-ReLU) folded
+into one conv, conv + ReLU as one kernel. Where it pays on
+CPU, the encoder's attention folds its query and output projections into keys and values, and
+the layers use the fused kernels of ``models.cpu_kernels`` (chosen here, once, with a plain-op
+fallback for autocast, tracing, export and torch.compile). The result shares no tensor with the
+source model: training it further, loading other weights or moving it never changes the
+inference module; run the transform again to follow the new weights (it takes milliseconds).
 """
 import copy
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import cpu_kernels as K
+from .fhd import (ConvBNReLU, GateBranch, TimeSpecificMask, folded_projections, resize_to_input,
+                  split_pair, stack_pair)
+from .mit import EfficientSelfAttention, MiTBlock, MixFFN, tokens_to_map
 
 
-def for_inference(model, device=None):
-    """A new eval-mode module computing ``model``'s function with the weights as they are now.
+def bn_scale_shift(bn):
+    """The eval-mode BatchNorm as y = scale * x + shift (per channel)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
-    The result holds no reference to ``model``'s tensors: later changes to ``model`` (optimizer
-    steps, BN updates, ``load_state_dict``) never reach it; run the transform again instead."""
-    model = getattr(model, 'module', model)          # DDP / compiled wrappers
-    model = getattr(model, '_orig_mod', model)
-    frozen = copy.deepcopy(model).eval()
-    if device is not None:
-        frozen = frozen.to(device)
-    for p in frozen.parameters():
+
+def fold_conv_bn(conv, bn):
+    """One conv (weight, bias) equal to bn(conv(x)) in eval mode."""
+    scale, shift = bn_scale_shift(bn)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return conv.weight * scale[:, None, None, None], bias
+
+
+class FoldedAttention(nn.Module):
+    """Efficient self-attention; on CPU, the q and output projections are folded into the keys
+    and values when that needs fewer multiply-adds (all three maps are linear):
+    scores_h = x (Wq_h^T k_h^T s) + bq_h k_h^T s and proj(concat_h a_h v_h) = sum_h a_h (v_h Wp_h^T)
+    + bp. With few keys (spatial reduction) this replaces the two C x C projections of every
+    query token by m x C work per image; the per-head score bias goes to SDPA as an additive
+    mask."""
+
+    def __init__(self, attn: EfficientSelfAttention, fused, fold):
+        super().__init__()
+        self.num_heads, self.sr_ratio, self.fold = attn.num_heads, attn.sr_ratio, fold
+        self.q = K.Linear(attn.q.weight, attn.q.bias, fused)
+        self.kv = K.Linear(attn.kv.weight, attn.kv.bias, fused)
+        self.proj = K.Linear(attn.proj.weight, attn.proj.bias, fused)
+        if self.sr_ratio > 1:
+            self.sr = copy.deepcopy(attn.sr)
+            self.sr_norm = copy.deepcopy(attn.sr_norm)
+
+    keys_values = EfficientSelfAttention.keys_values
+
+    def forward(self, x, h, w):
+        b, n, c = x.shape
+        k, v = self.keys_values(x, h, w)
+        if self.fold and self._fold_pays(n, c, k.shape[2]):
+            return self._folded(x, k, v)
+        q = self.q(x).reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+    def _fold_pays(self, n, c, m):
+        """Folded: H*n*m*C + m*C^2 multiply-adds per image, against n*C^2 + n*m*C (q projection
+        + scores; the value side is the same). True at 256x256 for stages 1 and 2."""
+        return self.num_heads * n * m + m * c < n * c + n * m
+
+    def _folded(self, x, k, v):
+        b, n, c = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        k = k * head_dim ** -0.5
+        keys = torch.einsum('hdc,bhjd->bhjc', self.q.weight.view(heads, head_dim, c), k)
+        score_bias = torch.einsum('hd,bhjd->bhj', self.q.bias.view(heads, head_dim), k)
+        values = torch.einsum('bhjd,ohd->bhjo', v, self.proj.weight.view(c, heads, head_dim))
+        out = F.scaled_dot_product_attention(x.unsqueeze(1).expand(b, heads, n, c), keys, values,
+                                             attn_mask=score_bias.unsqueeze(2), scale=1.0)
+        out = out.squeeze(1) if heads == 1 else out.sum(1)
+        return out.add_(self.proj.bias)
+
+
+class FusedMixFFN(nn.Module):
+    def __init__(self, mlp: MixFFN, fused):
+        super().__init__()
+        self.fc1 = K.Linear(mlp.fc1.weight, mlp.fc1.bias, fused)
+        self.dwconv_gelu = K.DepthwiseConvGELU(mlp.dwconv, fused)
+        self.fc2 = K.Linear(mlp.fc2.weight, mlp.fc2.bias, fused)
+
+    def forward(self, x, h, w):
+        x = self.dwconv_gelu(tokens_to_map(self.fc1(x), h, w))
+        return self.fc2(x.flatten(2).transpose(1, 2))
+
+
+class InferenceBlock(nn.Module):
+    """MiT block without drop-path; each residual is added into the branch's fresh output
+    (no new tensor; a + b == b + a bitwise)."""
+
+    def __init__(self, block: MiTBlock, fused, fold_attention):
+        super().__init__()
+        self.norm1, self.norm2 = copy.deepcopy(block.norm1), copy.deepcopy(block.norm2)
+        self.attn = FoldedAttention(block.attn, fused, fold_attention)
+        self.mlp = FusedMixFFN(block.mlp, fused)
+
+    def forward(self, x, h, w):
+        x = self.attn(self.norm1(x), h, w).add_(x)
+        return self.mlp(self.norm2(x), h, w).add_(x)
+
+
+class FusedGateBranch(nn.Module):
+    """conv-ReLU-BN-ReLU-conv-ReLU-BN; a ReLU follows each conv and each BN but the last, so
+    no BN folds into a conv; the convs run with their ReLU fused."""
+
+    def __init__(self, branch: GateBranch, fused):
+        super().__init__()
+        self.reduce = K.Conv1x1ReLU(branch.reduce.weight, branch.reduce.bias, fused)
+        self.reduce_norm = copy.deepcopy(branch.reduce_norm)
+        self.expand = K.Conv1x1ReLU(branch.expand.weight, branch.expand.bias, fused)
+        self.expand_norm = copy.deepcopy(branch.expand_norm)
+
+    def forward(self, x):
+        x = F.relu(self.reduce_norm(self.reduce(x)), inplace=True)
+        return self.expand_norm(self.expand(x))
+
+
+class InferenceDecoder(nn.Module):
+    """FHD levels with folded BNs, then sum_l upsample(W'_l d_l + b'_l) -> ReLU -> classifier,
+    where W'_l, b'_l hold the level projection, the fuse conv's slice and the fuse BN."""
+
+    def __init__(self, decoder, fused):
+        super().__init__()
+        self.fused = fused
+        self.levels = copy.deepcopy(decoder.levels)
+        replace_modules(self.levels, ConvBNReLU,
+                        lambda m: K.Conv1x1ReLU(*fold_conv_bn(m.conv, m.bn), fused))
+        replace_modules(self.levels, TimeSpecificMask,
+                        lambda m: K.Conv1x1ReLU(m.conv.weight, m.conv.bias, fused))
+        replace_modules(self.levels, GateBranch, lambda m: FusedGateBranch(m, fused))
+        scale, shift = bn_scale_shift(decoder.fuse.bn)
+        projections = []
+        for i, (w, b) in enumerate(folded_projections(decoder)):
+            # a per-channel affine map commutes with bilinear upsampling (its weights sum to
+            # one), so the BN's shift is added once, at level 1, which is never resampled
+            projections.append(K.Linear(scale[:, None] * w, scale * b + (shift if i == 0 else 0),
+                                        fused))
+        self.projections = nn.ModuleList(projections)
+        self.classifier = copy.deepcopy(decoder.classifier)
+
+    def forward(self, feats_a, feats_b):
+        diffs = [level(a, b) for level, a, b in zip(self.levels, feats_a, feats_b)]
+        size = diffs[0].shape[2:]
+        parts = []
+        for d, proj in zip(diffs, self.projections):   # channels-last, as fhd.sum_projections
+            p = proj(d.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            if p.shape[2:] != size:
+                p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
+            parts.append(p)
+        total = parts[-1]
+        for p in parts[-2:0:-1]:
+            total = total.add_(p)
+        return self.classifier(K.add_relu_(total, parts[0], self.fused))
+
+
+class InferenceFHD(nn.Module):
+    """The frozen inference form of an FHD model (built by ``for_inference``)."""
+
+    def __init__(self, model, fused, fold_attention):
+        super().__init__()
+        self.backbone_name = model.backbone_name
+        self.encoder = copy.deepcopy(model.encoder)
+        replace_modules(self.encoder, MiTBlock,
+                        lambda m: InferenceBlock(m, fused, fold_attention))
+        self.decoder = InferenceDecoder(model.decoder, fused)
+
+    def forward_head(self, x):
+        a, b = split_pair(x)
+        n = a.shape[0]
+        feats = self.encoder(stack_pair(a, b))
+        return self.decoder([f[:n] for f in feats], [f[n:] for f in feats])
+
+    def forward(self, x):
+        return resize_to_input(self.forward_head(x), x)
+
+
+def replace_modules(root, kind, make):
+    """Replace every submodule of type ``kind`` under ``root`` by ``make(old)``."""
+    for name, child in root.named_children():
+        if isinstance(child, kind):
+            setattr(root, name, make(child))
+        else:
+            replace_modules(child, kind, make)
+
+
+def unwrap(model):
+    """The FHD inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, '_orig_mod', None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+@torch.no_grad()
+def for_inference(model, device=None, kernels='auto', fold_attention=None):
+    """A new eval-mode module computing ``model``'s eval function from its weights as they are now.
+
+    device: where the result lives (default: the model's device). kernels: 'auto' uses the
+    fused CPU kernels on a CPU target; 'plain' only standard ops (export, comparisons).
+    fold_attention: fold q/output projections into keys/values where that saves work (default:
+    on a CPU target with 'auto' kernels). The result never changes when ``model`` does."""
+    if kernels not in ('auto', 'plain'):
+        raise ValueError(f"kernels must be 'auto' or 'plain', got {kernels!r}")
+    model = unwrap(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    source = copy.deepcopy(model).float().to(device).eval()   # the folds are taken in fp32
+    fused = device.type == 'cpu' and kernels == 'auto'
+    if fold_attention is None:
+        fold_attention = fused
+    net = InferenceFHD(source, fused=fused and K.onednn_available(), fold_attention=fold_attention)
+    for p in net.parameters():
         p.requires_grad_(False)
-    return frozen
+    return net.eval()
+
+

@@ -65,49 +65,6 @@ def tokens_to_map(x, h, w):
     return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
-def _onednn_ops_available():
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
-
-
-ONEDNN_FUSED_OPS = _onednn_ops_available()
-# oneDNN's linear beats addmm here for maps with a side of at most 320 features (stages 1-3,
-# decoder levels 1-3); for stage 4's 512/2048-wide maps it is as fast or slower.
-ONEDNN_LINEAR_MAX_SIDE = 320
-
-
-def can_use_onednn_fused(x):
-    """oneDNN's fused kernels have no autograd formula: use them only in fp32 CPU inference,
-    outside autocast and torch.compile (which does its own fusion)."""
-    return (ONEDNN_FUSED_OPS and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
-            and not torch.compiler.is_compiling())
-
-
-def conv_gelu(x, conv):
-    """gelu(conv(x)) in one pass over the output (saves a read and a write of the MLP's widest
-    activation, 4x the block width)."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-        'gelu', [], 'none')
-
-
-def conv1x1_relu(x, weight, bias):
-    """relu(conv2d(x, weight, bias)) of a 1x1 conv in one oneDNN kernel (ReLU in the epilogue)."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'relu', [], '')
-
-
-def linear(x, weight, bias, fast):
-    """F.linear; in fast inference, maps with a side of <= ONEDNN_LINEAR_MAX_SIDE features go to
-    oneDNN, which adds the bias in the GEMM's epilogue instead of first copying it over the whole
-    output as addmm does (1.05-1.4x faster for those shapes here)."""
-    if fast and min(weight.shape) <= ONEDNN_LINEAR_MAX_SIDE and can_use_onednn_fused(x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-    return F.linear(x, weight, bias)
-
-
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with overlapping windows, then LayerNorm over channels."""
 
@@ -132,52 +89,24 @@ class EfficientSelfAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.sr_ratio = sr_ratio
-        self.fast = False   # set by FHD.fast: fused oneDNN kernels in inference
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
             self.sr_norm = nn.LayerNorm(dim, eps=EMBED_NORM_EPS)
 
+    def keys_values(self, x, h, w):
+        """(B, heads, m, head_dim) keys and values of the m reduced tokens."""
+        b, _, c = x.shape
+        if self.sr_ratio > 1:
+            x = self.sr_norm(self.sr(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2))
+        kv = self.kv(x).reshape(b, -1, 2, self.num_heads, c // self.num_heads)
+        return kv.permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x, h, w):
         b, n, c = x.shape
-        head_dim = c // self.num_heads
-        if self.sr_ratio > 1:
-            reduced = self.sr_norm(self.sr(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2))
-        else:
-            reduced = x
-        k, v = self.kv(reduced).reshape(b, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        if self.fast and self._fold_pays(x, k.shape[2]):
-            return self._folded_attention(x, k, v)
-        q = linear(x, self.q.weight, self.q.bias, self.fast)
-        q = q.reshape(b, n, self.num_heads, head_dim).transpose(1, 2)
+        k, v = self.keys_values(x, h, w)
+        q = self.q(x).reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)   # default scale = head_dim ** -0.5
-        x = x.transpose(1, 2).reshape(b, n, c)
-        return linear(x, self.proj.weight, self.proj.bias, self.fast)
-
-    def _fold_pays(self, x, num_keys):
-        """CPU inference, and the folded form needs fewer multiply-adds: per image
-        H*n*m*C + m*C^2 (folded) against n*C^2 + n*m*C (q projection + attention scores; the
-        value side is the same), n queries, m keys. True at 256x256 for stages 1 and 2."""
-        if torch.is_grad_enabled() or x.device.type != 'cpu':
-            return False
-        n, c = x.shape[1], x.shape[2]
-        return self.num_heads * n * num_keys + num_keys * c < n * c + n * num_keys
-
-    def _folded_attention(self, x, k, v):
-        """The same attention with the q and output projections folded into the keys and values
-        (all maps are linear): scores_h = x (Wq_h^T k_h^T s) + bq_h k_h^T s, and
-        proj(concat_h(a_h v_h)) = sum_h a_h (v_h Wp_h^T) + bp. When the keys are few (spatial
-        reduction) this replaces the two C x C projections of every query token by m x C work
-        per image; the per-head score bias goes to SDPA as an additive mask."""
-        b, n, c = x.shape
-        heads, head_dim = self.num_heads, c // self.num_heads
-        k = k * head_dim ** -0.5
-        keys = torch.einsum('hdc,bhjd->bhjc', self.q.weight.view(heads, head_dim, c), k)
-        score_bias = torch.einsum('hd,bhjd->bhj', self.q.bias.view(heads, head_dim), k)
-        values = torch.einsum('bhjd,ohd->bhjo', v, self.proj.weight.view(c, heads, head_dim))
-        out = F.scaled_dot_product_attention(x.unsqueeze(1).expand(b, heads, n, c), keys, values,
-                                             attn_mask=score_bias.unsqueeze(2), scale=1.0)
-        out = out.squeeze(1) if heads == 1 else out.sum(1)
-        return out.add_(self.proj.bias)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
 class MixFFN(nn.Module):
@@ -188,15 +117,10 @@ class MixFFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.fast = False   # set by FHD.fast: fused oneDNN kernels in inference
 
     def forward(self, x, h, w):
-        x = tokens_to_map(linear(x, self.fc1.weight, self.fc1.bias, self.fast), h, w)
-        if self.fast and can_use_onednn_fused(x):
-            x = conv_gelu(x, self.dwconv)
-        else:
-            x = F.gelu(self.dwconv(x))
-        return linear(x.flatten(2).transpose(1, 2), self.fc2.weight, self.fc2.bias, self.fast)
+        x = F.gelu(self.dwconv(tokens_to_map(self.fc1(x), h, w)))
+        return self.fc2(x.flatten(2).transpose(1, 2))
 
 
 class MiTBlock(nn.Module):
@@ -209,11 +133,6 @@ class MiTBlock(nn.Module):
         self.drop_path = DropPath(drop_path_prob)
 
     def forward(self, x, h, w):
-        if self.attn.fast and not self.training and can_use_onednn_fused(x):
-            # inference: add the residual into the branch's fresh output (no new tensor;
-            # a + b == b + a bitwise)
-            x = self.attn(self.norm1(x), h, w).add_(x)
-            return self.mlp(self.norm2(x), h, w).add_(x)
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 

@@ -1,4 +1,5 @@
-"""FHD model numerics: the recorded reference case of the original code, fast == reference."""
+"""FHD model numerics: the recorded reference case of the original code in every order of
+computation (reference, decoder fold, the inference module), fused CPU kernels, attention fold."""
 from pathlib import Path
 
 import numpy as np
@@ -6,9 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import build_fhd, load_checkpoint, mit, original_key_map
-from models.checkpoint import convert_state_dict
-from models.reference_case import case_input, filled_original_state_dict, load_manifest
+from models import build_fhd, cpu_kernels, for_inference, mit, original_key_map
+from models.cost import reference_path
+from models.inference import FoldedAttention
+from models.reference_case import case_input, load_manifest
+from reference_model import filled_reference_model
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 MANIFEST = load_manifest(FIXTURES / 'fhd_mit_b2_state_dict.json')
@@ -18,15 +21,7 @@ def rel_err(new, ref):
     return ((new - ref).abs().max() / ref.abs().max()).item()
 
 
-def filled_model(seed, fast=True):
-    """mit_b2 FHD with fill-rule weights, filled on the ORIGINAL names, then converted."""
-    model = build_fhd('mit_b2', fast=fast)
-    original = filled_original_state_dict(MANIFEST, seed)
-    converted, kind, dropped, _ = convert_state_dict(original, model)
-    assert kind == 'original' and dropped == ['decode_head.conv_seg.bias',
-                                              'decode_head.conv_seg.weight']
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+filled_model = filled_reference_model
 
 
 @pytest.fixture(scope='module')
@@ -34,19 +29,23 @@ def model_seed1():
     return filled_model(seed=1)
 
 
+def all_paths(model):
+    """The same weights in every order of computation the project has."""
+    return {'reference': reference_path(model).eval(), 'folded': model.eval(),
+            'inference': for_inference(model), 'inference plain': for_inference(model, kernels='plain')}
+
+
 def test_public_reference_case(model_seed1):
     case = np.load(FIXTURES / 'fhd_public_case.npz')
     x = torch.from_numpy(case['input'])
     assert torch.equal(x, case_input(1, 2, 64, 64))          # the documented input recipe
-    model = model_seed1
-    for fast in (False, True):
-        model.fast = fast
+    for name, model in all_paths(model_seed1).items():
         with torch.no_grad():
             head = model.forward_head(x)
             logits = model(x)
             logits_pair = model((x[:, :3], x[:, 3:]))
-        assert rel_err(head, torch.from_numpy(case['head_logits'])) < 1e-4, fast
-        assert rel_err(logits, torch.from_numpy(case['logits'])) < 1e-4, fast
+        assert rel_err(head, torch.from_numpy(case['head_logits'])) < 1e-4, name
+        assert rel_err(logits, torch.from_numpy(case['logits'])) < 1e-4, name
         assert torch.equal(logits, logits_pair)
         margin = (logits[:, 1] - logits[:, 0]).abs()
         pred = torch.from_numpy(case['pred'])
@@ -64,16 +63,16 @@ def test_public_case_backbone_features(model_seed1):
 
 
 @pytest.mark.parametrize('seed,batch,height,width', [(1, 1, 64, 64), (3, 2, 64, 96)])
-def test_fast_equals_reference(seed, batch, height, width, model_seed1):
+def test_every_path_equals_reference(seed, batch, height, width, model_seed1):
     model = model_seed1 if seed == 1 else filled_model(seed)
     x = case_input(seed, batch, height, width)
+    paths = all_paths(model)
     with torch.no_grad():
-        model.fast = False
-        ref = model.forward_head(x)
-        model.fast = True
-        fast = model.forward_head(x)
-    assert fast.shape == (batch, 2, height // 4, width // 4)
-    assert rel_err(fast, ref) < 1e-5
+        ref = paths.pop('reference').forward_head(x)
+        for name, net in paths.items():
+            out = net.forward_head(x)
+            assert out.shape == (batch, 2, height // 4, width // 4)
+            assert rel_err(out, ref) < 1e-5, name
 
 
 def test_state_dict_matches_original_manifest():
@@ -117,13 +116,14 @@ def test_bilinear_upsampling_keeps_constants():
         assert torch.allclose(up, torch.full_like(up, 0.37), rtol=1e-6, atol=0)
 
 
-@pytest.mark.skipif(not mit.ONEDNN_FUSED_OPS, reason='this torch build has no oneDNN fused ops')
-def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeypatch):
-    """Fast-path inference runs the encoder's dwconv+GELU and narrow linears through oneDNN's
-    fused kernels; they must be taken (counted) and equal the plain ops they replace."""
+@pytest.mark.skipif(not cpu_kernels.onednn_available(), reason='this torch build has no oneDNN fused ops')
+def test_fused_cpu_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeypatch):
+    """The CPU inference module runs dwconv+GELU, conv1x1+ReLU and the narrow linears through
+    oneDNN's fused kernels: they must be taken (counted) and equal the plain ops; under autograd,
+    autocast and tracing the same module falls back to the plain ops."""
     x = case_input(5, 2, 64, 64)
-    calls = {'conv_gelu': 0, 'linear': 0}
-    conv_gelu, onednn_linear = mit.conv_gelu, torch.ops.mkldnn._linear_pointwise
+    calls = {'conv': 0, 'linear': 0}
+    conv, linear = torch.ops.mkldnn._convolution_pointwise, torch.ops.mkldnn._linear_pointwise
 
     def counting(name, fn):
         def wrapped(*args, **kwargs):
@@ -131,64 +131,71 @@ def test_fused_inference_kernels_are_used_and_equal_the_plain_ops(model_seed1, m
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(mit, 'conv_gelu', counting('conv_gelu', conv_gelu))
-    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', onednn_linear))
-    model_seed1.fast = True
+    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', counting('conv', conv))
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', linear))
+    fused_net = for_inference(model_seed1)
     with torch.no_grad():
-        fused = model_seed1.forward_head(x)
-    assert calls['conv_gelu'] == 16                   # every MiT-b2 block
-    # at 64x64 the attention of stages 1-3 is folded (no q/proj linears); fc1/fc2 of stages 1-3
-    # (sides <= 320) and the decoder's levels 1-3 go to oneDNN
-    assert calls['linear'] == 2 * (3 + 4 + 6) + 3
-    monkeypatch.setattr(mit, 'ONEDNN_FUSED_OPS', False)
+        fused = fused_net.forward_head(x)
+    # 16 MiT-b2 blocks (dwconv+GELU); per decoder level 2 masks + 2 x 7 TSA convs + 2 x 2 gate
+    # convs = 20, x 4 levels
+    assert calls['conv'] == 16 + 4 * 20
+    # at 64x64 the attention of stages 1-3 is folded (no q/proj linears); kv, fc1, fc2 of
+    # stages 1-3 (sides <= 320) and the decoder's level projections 1-3 go to oneDNN
+    assert calls['linear'] == 3 * (3 + 4 + 6) + 3
+    seen = dict(calls)
     with torch.no_grad():
-        plain = model_seed1.forward_head(x)
-    assert calls['conv_gelu'] == 16
+        plain = for_inference(model_seed1, kernels='plain').forward_head(x)
+    assert calls == seen
     assert rel_err(fused, plain) < 1e-5
-    with torch.enable_grad():                          # autograd never sees the fused kernels
-        model_seed1.forward_head(x)
-    assert calls['conv_gelu'] == 16
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        fused_net.forward_head(x)
+    fused_net.forward_head(x.clone().requires_grad_(True))
+    torch.jit.trace(fused_net, x, check_trace=False)   # (its check re-runs eager Python)
+    assert calls == seen                                # none of these reached a fused kernel
+
+
+def attention_pair(dim, heads, sr_ratio):
+    torch.manual_seed(dim)
+    attn = mit.EfficientSelfAttention(dim, heads, sr_ratio).eval()
+    for p in attn.parameters():
+        p.data.normal_(0, 0.1)
+    return attn, FoldedAttention(attn, fused=False, fold=True)
 
 
 @pytest.mark.parametrize('dim,heads,sr_ratio,size',
                          [(64, 1, 8, 32), (128, 2, 4, 16), (320, 5, 2, 8)])
 def test_folded_attention_equals_plain_attention(dim, heads, sr_ratio, size):
-    """Fast CPU inference folds the q and output projections into the keys and values; same
+    """CPU inference folds the q and output projections into the keys and values; same
     function as SDPA on the projected queries."""
-    torch.manual_seed(dim)
-    attn = mit.EfficientSelfAttention(dim, heads, sr_ratio).eval()
-    for p in attn.parameters():
-        p.data.normal_(0, 0.1)
+    attn, folded = attention_pair(dim, heads, sr_ratio)
     x = torch.randn(2, size * size, dim)
+    assert folded._fold_pays(size * size, dim, (size // sr_ratio) ** 2)
     with torch.no_grad():
-        attn.fast = False
-        plain = attn(x, size, size)
-        attn.fast = True
-        folded = attn(x, size, size)
-        assert attn._fold_pays(x, (size // sr_ratio) ** 2)
-    assert rel_err(folded, plain) < 1e-5
+        assert rel_err(folded(x, size, size), attn(x, size, size)) < 1e-5
 
 
 def test_attention_fold_is_taken_only_where_it_saves_work():
     """At 256x256 (64 keys everywhere) folding pays in stages 1-2 only."""
-    model = build_fhd('mit_b2')
-    cases = [(stage.blocks[0].attn, 64 // 2 ** i) for i, stage in enumerate(model.encoder.stages)]
-    with torch.no_grad():
-        pays = [a._fold_pays(torch.zeros(1, s * s, a.q.in_features), 64) for a, s in cases]
-    assert pays == [True, True, False, False]
-    with torch.enable_grad():   # training keeps SDPA on the projected queries
-        assert not cases[0][0]._fold_pays(torch.zeros(1, 64 * 64, 64), 64)
+    net = for_inference(build_fhd('mit_b2'))
+    cases = [(stage.blocks[0].attn, 64 // 2 ** i, dim)
+             for i, (stage, dim) in enumerate(zip(net.encoder.stages, (64, 128, 320, 512)))]
+    assert [a._fold_pays(s * s, dim, 64) for a, s, dim in cases] == [True, True, False, False]
+    assert not for_inference(build_fhd('mit_b0'), kernels='plain').encoder.stages[0].blocks[0].attn.fold
 
 
-def test_model_cost_counts_parameters_and_both_paths(monkeypatch):
+def test_model_cost_counts_parameters_and_every_path():
     """Size/cost helper: the original's parameter count less conv_seg, its 38.2 GFLOPs per
-    256x256 pair on the reference path, and the fast path counted the same with and without the
-    fused oneDNN kernels (they compute the same linears/convs)."""
+    256x256 pair on the reference path; the fold removes half; the fused CPU kernels are counted
+    as the linears/convs they compute."""
     from models import model_cost
+    from models.cost import count_flops
     model = build_fhd('mit_b2')
     cost = model_cost(model, size=(256, 256))
     assert cost['params'] == 29_109_074        # 29,109,332 less the unused conv_seg (258)
     assert abs(cost['flops_reference'] / 1e9 - 38.2) < 0.05
-    assert cost['flops_fast'] < 0.5 * cost['flops_reference']
-    monkeypatch.setattr(mit, 'ONEDNN_FUSED_OPS', False)
-    assert model_cost(model, size=(256, 256))['flops_fast'] == cost['flops_fast']
+    assert cost['flops_inference'] < cost['flops_folded'] < 0.55 * cost['flops_reference']
+    plain = for_inference(model, kernels='plain')
+    for stage in plain.encoder.stages:         # the attention fold as in the fused module
+        for block in stage.blocks:
+            block.attn.fold = True
+    assert count_flops(plain, (256, 256)) == cost['flops_inference']
