@@ -423,6 +423,32 @@ def test_cli_uint16_scene_records_the_stretch(tmp_path, checkpoint, capsys):
     assert all(1000 < lo < hi for lo, hi in zip(stretch['A']['low'], stretch['A']['high']))
 
 
+def test_cli_input_dir_mixes_png_pairs_and_scenes(tmp_path, checkpoint):
+    a, b = textured_pair(48, 64, seed=17)
+    pairs = tmp_path / 'pairs'
+    for sub, img in (('A', a), ('B', b)):
+        (pairs / sub).mkdir(parents=True)
+        write_tif(pairs / sub / 'scene.tif', img)
+        cv2.imwrite(str(pairs / sub / 'tile.png'), img.transpose(1, 2, 0)[..., ::-1])
+    out = tmp_path / 'out'
+    assert infer_main(['--checkpoint', checkpoint, '--backbone', 'mit_b0', '--device', 'cpu',
+                       '--input-dir', pairs, '--output-dir', out, '--prob', '--num-workers', '0']) == 0
+    with rasterio.open(out / 'scene.tif') as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.read(1).max() <= 1
+    assert (out / 'prob' / 'scene.tif').is_file() and (out / 'scene.json').is_file()
+    png = cv2.imread(str(out / 'tile.png'), cv2.IMREAD_UNCHANGED)
+    with rasterio.open(out / 'scene.tif') as ds:
+        assert np.array_equal(ds.read(1) * 255, png)                    # same pixels, same map
+
+
+def test_scene_options_with_png_pairs_are_an_error(tmp_path, checkpoint, capsys):
+    a = tmp_path / 'a.png'
+    cv2.imwrite(str(a), np.zeros((32, 32, 3), np.uint8))
+    assert infer_main(['--checkpoint', checkpoint, '--a', a, '--b', a, '--out', tmp_path / 'o.png',
+                       '--vector', tmp_path / 'v.geojson']) == 2
+    assert '--vector is for scenes' in one_error_line(capsys)
+
+
 # --------------------------------------------------------------------------------- bad input
 
 def one_error_line(capsys):

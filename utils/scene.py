@@ -449,6 +449,26 @@ class SceneOptions:
     overviews: bool = True
 
 
+class _TimedBar:
+    """A tqdm bar that also notes when the first batch was done: the rate after it excludes
+    the start-up (workers, the model's first call) for comparison with batch-eval figures."""
+
+    def __init__(self, bar):
+        self.bar, self.first, self.first_n = bar, None, 0
+
+    def update(self, n):
+        if self.first is None:
+            self.first, self.first_n = time.perf_counter(), n
+        self.bar.update(n)
+
+    def steady_rate(self, now):
+        done = self.bar.n - self.first_n
+        return done / (now - self.first) if self.first and done > 0 else None
+
+    def close(self):
+        self.bar.close()
+
+
 @contextmanager
 def scratch_path(near, suffix='.tif'):
     """A temporary file beside `near`, always removed."""
@@ -512,7 +532,7 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
         rasters = SceneRasters((raw_mask, prob_tmp), (outputs.mask, outputs.prob), profile, tags,
                                bool(outputs.vector or min_pixels))
         writer = BackgroundWriter(rasters.write)
-        bar = tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True)
+        bar = _TimedBar(tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True))
         try:
             for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
                                                      progress=bar):
@@ -525,6 +545,7 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
                 # with min_area the mask is written again by the second pass (overviews there)
                 regions = rasters.close(options.overviews and not min_pixels)
         seconds = time.perf_counter() - t0
+        steady = bar.steady_rate(time.perf_counter())
         summary = {'a': pair.a_path, 'b': pair.b_path, 'width': pair.width, 'height': pair.height,
                    'crs': crs_name(crs), 'transform': list(transform)[:6], 'grid': pair.grid_note,
                    'stretch': {'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()},
@@ -532,7 +553,9 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
                    'batch_size': options.batch_size, 'pixel_area': area,
                    'valid_pixels': rasters.valid_pixels, 'changed_pixels': rasters.changed_pixels,
                    'inference_seconds': round(seconds, 3),
-                   'tiles_per_second': round(len(plan.boxes) / seconds, 3)}
+                   'tiles_per_second': round(len(plan.boxes) / seconds, 3),
+                   'first_batch_seconds': round(bar.first - t0, 3) if bar.first else None,
+                   'steady_tiles_per_second': round(steady, 3) if steady else None}
         if regions is not None:
             summary.update(_second_pass(raw_mask, mask_tmp if min_pixels else None, regions,
                                         transform, area, min_pixels, outputs, crs, profile, tags,
