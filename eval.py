@@ -8,8 +8,11 @@ Replaces the original's `eval.py` + `metrics.py` pair: the test pipeline of `dat
 (keep-ratio resize to the preset's scale, sides to a multiple of 32), full-resolution logits
 resized bilinearly back to the label size, argmax, and one int64 confusion matrix over the
 split. Predictions are always written as lossless PNG (the original wrote DSIFN as JPEG).
+Batches travel as uint8 and are normalised on the device; `per_image.csv` next to
+metrics.json lists each image's counts and scores (sort by F1 to find the failure cases).
 """
 import argparse
+import csv
 import os
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.inference import autocast_context, resolve_device
+from utils.fileio import atomic_path
 from utils.metrics import ConfusionMatrix, format_table, save_json_atomic
 from utils.runtime import keep_freed_memory
 from utils.visualize import error_map, imwrite_atomic, mask_to_png, panel
@@ -50,7 +54,8 @@ def parse_args(argv=None):
                    help='autocast dtype; the original evaluated under fp16 autocast on GPU (default fp32)')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--batch-size', type=int, default=16, help='images per forward (original: 16)')
-    p.add_argument('--num-workers', type=int, default=2)
+    p.add_argument('--num-workers', type=int,
+                   help='data loading processes (default: the CPUs on CUDA, 2 on CPU)')
     args = p.parse_args(argv)
     if (args.checkpoint is None) == (args.pred_dir is None):
         p.error('give exactly one of --checkpoint (run the model) or --pred-dir (score saved predictions)')
@@ -66,27 +71,54 @@ def prediction_name(name):
     return str(Path(name).with_suffix('.png'))
 
 
-def group_by_shape(samples):
-    """Split a list of samples into runs of equal input shape (a batch must be stackable)."""
-    groups = {}
-    for sample in samples:
-        groups.setdefault(tuple(sample['img'].shape), []).append(sample)
-    return list(groups.values())
+def default_workers(device):
+    from datasets.loader import cpu_count
+    return min(cpu_count(), 16) if device.type == 'cuda' else 2
 
 
 @torch.inference_mode()
-def predict(model, samples, device, amp='none'):
-    """{0,1} int64 predictions at each sample's original size."""
-    imgs = torch.stack([s['img'] for s in samples]).to(device, non_blocking=True)
+def predict(model, batch, device, amp='none'):
+    """{0,1} int64 predictions (N, h, w) on `device`, at the labels' size, for a sub-batch of
+    equal image and label shapes (datasets.loader.collate_by_shape)."""
+    from datasets import normalize_batch
+    imgs = normalize_batch(batch['img'], device)
     with autocast_context(device, amp):
-        logits = model(imgs)
-    preds = []
-    for logit, sample in zip(logits.float(), samples):
-        size = tuple(sample['label'].shape[-2:])
-        if tuple(logit.shape[-2:]) != size:
-            logit = F.interpolate(logit[None], size=size, mode='bilinear', align_corners=False)[0]
-        preds.append(logit.argmax(0).cpu())
-    return preds
+        logits = model(imgs).float()
+    size = tuple(batch['label'].shape[-2:])
+    if tuple(logits.shape[-2:]) != size:
+        logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+    return logits.argmax(1)
+
+
+def pixel_counts(pred, label):
+    """(N, 4) int64 [tp, fp, fn, tn] per image on the CPU (counted where `pred` is)."""
+    pred = (pred != 0).flatten(1)
+    label = (label.to(pred.device, non_blocking=True) != 0).flatten(1)
+    tp, fp, fn = (pred & label).sum(1), (pred & ~label).sum(1), (~pred & label).sum(1)
+    return torch.stack([tp, fp, fn, pred.shape[1] - tp - fp - fn], 1).cpu()
+
+
+def image_scores(tp, fp, fn, tn):
+    """Precision, recall, F1, IoU of the change class of one image; None where undefined
+    (precision without predicted change, recall without true change, F1 and IoU with
+    neither: a correct no-change image), so that sorting by F1 finds failures, not these."""
+    ratio = lambda num, den: num / den if den else None
+    return dict(precision=ratio(tp, tp + fp), recall=ratio(tp, tp + fn),
+                f1=ratio(2 * tp, 2 * tp + fp + fn), iou=ratio(tp, tp + fp + fn))
+
+
+PER_IMAGE_FIELDS = ('name', 'tp', 'fp', 'fn', 'tn', 'precision', 'recall', 'f1', 'iou')
+
+
+def write_per_image_csv(rows, path):
+    """rows: (name, tp, fp, fn, tn) in dataset order -> CSV of PER_IMAGE_FIELDS (atomic)."""
+    fmt = lambda v: '' if v is None else f'{v:.6f}'
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(PER_IMAGE_FIELDS)
+        for name, *counts in rows:
+            scores = image_scores(*counts)
+            writer.writerow([name, *counts, *(fmt(scores[k]) for k in PER_IMAGE_FIELDS[5:])])
 
 
 def read_prediction(path, label_shape):
@@ -113,7 +145,7 @@ class LabelsOnly(torch.utils.data.Dataset):
     def __getitem__(self, index):
         from datasets import read_label
         label = read_label(self.dataset.paths(index)[2])
-        return {'label': torch.from_numpy(label.astype('int64')), 'name': self.dataset.names[index]}
+        return {'label': torch.from_numpy(label), 'name': self.dataset.names[index]}
 
 
 class IndexedDataset(torch.utils.data.Dataset):
@@ -127,14 +159,13 @@ class IndexedDataset(torch.utils.data.Dataset):
         return {**self.dataset[index], 'index': index}
 
 
-def save_visuals(show_dir, dataset, index, sample, pred, color):
-    name = prediction_name(sample['name'])
+def save_visuals(show_dir, dataset, index, name, label, pred, color):
+    name = prediction_name(name)
     imwrite_atomic(os.path.join(show_dir, name), mask_to_png(pred))
     if color:
         from datasets import read_pair
         a_path, b_path, _ = dataset.paths(index)
         a, b = read_pair(a_path, b_path)
-        label = sample['label']
         imwrite_atomic(os.path.join(show_dir, 'error_map', name), error_map(pred, label))
         imwrite_atomic(os.path.join(show_dir, 'panel', name), panel(a, b, label, pred))
 
@@ -147,6 +178,7 @@ def list_missing(names, limit=5):
 def evaluate(args):
     keep_freed_memory()
     from datasets import ChangeDetectionDataset, get_preset
+    from datasets.loader import collate_by_shape, single_thread_opencv
 
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise EvalError(f'checkpoint not found: {args.checkpoint} ({DOWNLOAD_HINT})')
@@ -156,7 +188,8 @@ def evaluate(args):
     if args.dataset == 'custom' and args.checkpoint:   # test at the scale it was trained at
         from utils.checkpoint import with_training_geometry
         preset = with_training_geometry(preset, args.checkpoint)
-    dataset = ChangeDetectionDataset(preset, split=args.split, train=False)
+    # raw: uint8 pairs, normalised on the device by predict()
+    dataset = ChangeDetectionDataset(preset, split=args.split, train=False, raw=True)
     if len(dataset) == 0:
         raise EvalError(f'no images in the {args.split} split of {preset.root}')
     if args.pred_dir:
@@ -166,11 +199,14 @@ def evaluate(args):
             raise EvalError(f'{len(missing)} of {len(dataset)} predictions missing in {args.pred_dir}: '
                             f'{list_missing(missing)}')
     device = resolve_device(args.device)
+    workers = default_workers(device) if args.num_workers is None else args.num_workers
     # Samples carry their index so that panels can find the A/B files.
     indexed = IndexedDataset(LabelsOnly(dataset) if args.pred_dir else dataset)
+    single_thread_opencv()       # the workers are the parallelism
     loader = torch.utils.data.DataLoader(
-        indexed, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
-        collate_fn=list, pin_memory=device.type == 'cuda')
+        indexed, batch_size=args.batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate_by_shape, pin_memory=device.type == 'cuda',
+        worker_init_fn=single_thread_opencv if workers else None)
 
     model = None
     if args.checkpoint:
@@ -181,34 +217,47 @@ def evaluate(args):
         if device.type == 'cuda':
             torch.backends.cudnn.benchmark = True   # fixed test sizes, as the original
 
-    confusion = ConfusionMatrix()
-    num_images = 0
+    rows = []          # (index, name, tp, fp, fn, tn)
     with tqdm(total=len(dataset), desc=f'eval {args.dataset}/{args.split}', unit='img',
               dynamic_ncols=True) as progress:
-        for samples in loader:
-            if model is not None:
-                preds = [p for group in group_by_shape(samples)
-                         for p in zip(group, predict(model, group, device, args.amp))]
-            else:
-                preds = [(s, read_prediction(Path(args.pred_dir) / prediction_name(s['name']),
-                                             s['label'].shape[-2:])) for s in samples]
-            for sample, pred in preds:
-                confusion.update(pred, sample['label'])
-                if args.show_dir:
-                    save_visuals(args.show_dir, dataset, sample['index'], sample, pred, args.color)
-            num_images += len(preds)
-            progress.update(len(samples))
+        for batches in loader:
+            for batch in batches:
+                rows += score_batch(batch, model, device, args, dataset)
+                progress.update(len(batch['name']))
+    rows.sort()
 
+    confusion = ConfusionMatrix()
+    tp, fp, fn, tn = (sum(r[k] for r in rows) for k in range(2, 6))
+    confusion.counts += torch.tensor([[tn, fp], [fn, tp]])      # counts[label, pred]
     metrics = confusion.compute()
     out_dir = args.show_dir or args.output_dir or os.path.join('output_path', args.dataset)
-    record = {**metrics, 'num_images': num_images, 'dataset': args.dataset, 'split': args.split,
+    csv_path = os.path.join(out_dir, 'per_image.csv')
+    record = {**metrics, 'num_images': len(rows), 'dataset': args.dataset, 'split': args.split,
               'data_root': str(preset.root), 'checkpoint': args.checkpoint, 'pred_dir': args.pred_dir,
-              'backbone': args.backbone if args.checkpoint else None, 'amp': args.amp}
+              'backbone': args.backbone if args.checkpoint else None, 'amp': args.amp,
+              'per_image_csv': csv_path}
+    write_per_image_csv([r[1:] for r in rows], csv_path)
     json_path = os.path.join(out_dir, 'metrics.json')
     save_json_atomic(record, json_path)
-    print(format_table(metrics, f'{args.dataset} {args.split}: {num_images} images'))
-    print(f'metrics written to {json_path}')
+    print(format_table(metrics, f'{args.dataset} {args.split}: {len(rows)} images'))
+    print(f'metrics written to {json_path}, per image to {csv_path}')
     return record
+
+
+def score_batch(batch, model, device, args, dataset):
+    """Predict (or read the saved predictions of) one sub-batch, write its pictures with
+    --show-dir, and return its rows (index, name, tp, fp, fn, tn)."""
+    if model is not None:
+        preds = predict(model, batch, device, args.amp)
+    else:
+        shape = batch['label'].shape[-2:]
+        preds = torch.stack([read_prediction(Path(args.pred_dir) / prediction_name(name), shape)
+                             for name in batch['name']])
+    counts = pixel_counts(preds, batch['label']).tolist()
+    if args.show_dir:
+        for index, name, label, pred in zip(batch['index'], batch['name'], batch['label'], preds.cpu()):
+            save_visuals(args.show_dir, dataset, index, name, label, pred, args.color)
+    return [(index, name, *c) for index, name, c in zip(batch['index'], batch['name'], counts)]
 
 
 def main(argv=None):

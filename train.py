@@ -249,14 +249,13 @@ def wrap_model(model, args, device, info):
 
 
 def build_train_loader(preset, args, info, start_iter, device):
-    from datasets import ChangeDetectionDataset, TrainSampler
-    ds = ChangeDetectionDataset(preset, split='train', train=True, seed=args.seed)
+    """Batches of uint8 pairs (normalised on the device in the loop: a quarter of the bytes)."""
+    from datasets import ChangeDetectionDataset, TrainSampler, train_loader
+    ds = ChangeDetectionDataset(preset, split='train', train=True, seed=args.seed, raw=True)
     sampler = TrainSampler(len(ds), batch_size=args.batch_size, seed=args.seed, rank=info.rank,
                            world_size=info.world_size, start_iter=start_iter)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-        num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-        pin_memory=device.type == 'cuda')
+    loader = train_loader(ds, sampler, args.batch_size, args.num_workers,
+                          pin_memory=device.type == 'cuda')
     return ds, loader
 
 
@@ -507,13 +506,17 @@ def train(args):
     n_sum, t_last, last_val, last_loss = 0, time.time(), None, None
     t_start = time.time()
     net.train()
+    from datasets import normalize_batch
     data_iter = iter(loader)
+    data_time = 0.0     # seconds spent waiting for batches in this log window
     try:
         for it in range(start_iter, args.max_iters):
             torch.manual_seed(iteration_seed(args.seed, it, info.rank))
+            t_wait = time.perf_counter()
             batch = next(data_iter)
-            img = batch['img'].to(device, non_blocking=True)
-            label = batch['label'].to(device, non_blocking=True)
+            data_time += time.perf_counter() - t_wait
+            img = normalize_batch(batch['img'], device, batch['valid_hw'])
+            label = batch['label'].to(device, non_blocking=True).long()
             lr = set_lr(optimizer, it, args.lr, args.max_iters, **schedule)
             loss = train_step(net, optimizer, scaler, img, label, device, args.amp)
             monitor.add(loss)
@@ -530,7 +533,8 @@ def train(args):
                 now = time.time()
                 last_loss = mean_loss
                 rec = dict(mode='train', iter=done, loss=round(mean_loss, 6), lr=lr,
-                           time=round((now - t_last) / n_sum, 4), memory=round(memory_mb(device), 1))
+                           time=round((now - t_last) / n_sum, 4), data_time=round(data_time / n_sum, 4),
+                           memory=round(memory_mb(device), 1))
                 if nonfinite:       # steps the GradScaler skipped in this window
                     rec['nonfinite_losses'] = nonfinite
                 log.record(**rec)
@@ -538,7 +542,7 @@ def train(args):
                          f"time {rec['time']:.3f}s/it mem {rec['memory']:.0f}MiB", echo=False)
                 bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{lr:.2e}', refresh=False)
                 monitor.reset()
-                n_sum, t_last = 0, now
+                n_sum, t_last, data_time = 0, now, 0.0
             if eval_now:
                 if info.is_main and val_ds is not None:
                     make_ckpt = functools.partial(checkpoint_dict, model, optimizer, scaler, done,

@@ -1,4 +1,4 @@
-"""ChangeDetectionDataset: `<root>/<split>/{A,B,label}` pairs -> normalized tensors."""
+"""ChangeDetectionDataset: `<root>/<split>/{A,B,label}` pairs -> tensors (uint8 or normalized)."""
 import os
 from collections import Counter
 
@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from .checks import (DatasetError, check_split, decode_image, decode_label, require_folders,
                      scan_images)
 from .presets import SPLITS
-from .transforms import test_transform, train_transform
+from .transforms import normalize_batch, test_resize_pair, test_transform, train_pipeline
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 
@@ -48,9 +48,17 @@ class ChangeDetectionDataset(Dataset):
     train=True: the paper's augmentation; `ds[(index, stream_id)]` seeds its random generator
     from (seed, stream_id), so a sample is reproducible whatever the worker layout.
     A plain int index uses stream_id = index. train=False: the test pipeline.
+
+    raw (default: = train) chooses what `img` is:
+      raw=True:  uint8 (2, H, W, 3), A and B in BGR, for `normalize_batch` on the device (a
+                 quarter of the bytes through the loader); `label` uint8; in training also
+                 `valid_hw` (2,) int64, the unpadded size;
+      raw=False: float32 (6, H, W) normalized RGB, label int64 (the original's output; what
+                 infer.py and train.py's validation read).
+    Test samples also carry `ori_shape`; every sample carries `name`.
     """
 
-    def __init__(self, preset, split='train', train=None, seed=1208, check=True):
+    def __init__(self, preset, split='train', train=None, seed=1208, check=True, raw=None):
         if split not in SPLITS:
             raise DatasetError(f"split '{split}': expected one of {', '.join(SPLITS)}")
         if preset.name == 'demo':
@@ -58,6 +66,7 @@ class ChangeDetectionDataset(Dataset):
             ensure_demo(preset.root)
         self.preset, self.split, self.seed = preset, split, seed
         self.train = (split == 'train') if train is None else train
+        self.raw = self.train if raw is None else raw
         self.split_dir = os.path.join(preset.root, preset.splits[split])
         require_folders(self.split_dir)
         self.img_suffix = preset.img_suffix or _detect_suffix(os.path.join(self.split_dir, 'A'))
@@ -86,12 +95,21 @@ class ChangeDetectionDataset(Dataset):
         name = self.names[index]
         if self.train:
             rng = np.random.default_rng([self.seed, int(stream_id)])
-            img, target = train_transform(a, b, label, rng, self.preset.scale, self.preset.crop)
-            return {'img': img, 'label': target, 'name': name}
-        img = test_transform(a, b, self.preset.scale)
-        return {'img': img, 'label': torch.from_numpy(label.astype(np.int64)), 'name': name,
-                'ori_shape': tuple(label.shape)}
+            pair, target, valid = train_pipeline(a, b, label, rng, self.preset.scale,
+                                                 self.preset.crop)
+            pair, target, valid = torch.from_numpy(pair), torch.from_numpy(target), torch.tensor(valid)
+            if self.raw:
+                return {'img': pair, 'label': target, 'valid_hw': valid, 'name': name}
+            img = normalize_batch(pair[None], 'cpu', valid[None])[0]
+            return {'img': img, 'label': target.long(), 'name': name}
+        if self.raw:
+            img = torch.from_numpy(test_resize_pair(a, b, self.preset.scale))
+            target = torch.from_numpy(label)
+        else:
+            img = test_transform(a, b, self.preset.scale)
+            target = torch.from_numpy(label.astype(np.int64))
+        return {'img': img, 'label': target, 'name': name, 'ori_shape': tuple(label.shape)}
 
     def __repr__(self):
         return (f'ChangeDetectionDataset({self.preset.name}, {self.split} -> {self.split_dir}, '
-                f'{len(self)} pairs, train={self.train})')
+                f'{len(self)} pairs, train={self.train}, raw={self.raw})')

@@ -146,18 +146,23 @@ def make_pair(seed, split_id, index, size):
     return render(scene, 0, rng), render(scene, 1, rng), change_mask(scene)
 
 
-def generate(out, seed=0, counts=None, size=128):
-    """Write <out>/{train,val,test}/{A,B,label}/<split>_<i>.png; deterministic per seed."""
+def generate(out, seed=0, counts=None, size=128, img_suffix='.png'):
+    """Write <out>/{train,val,test}/{A,B,label}/<split>_<i>.png; deterministic per seed.
+
+    img_suffix '.jpg' writes A and B as JPEG (quality 90; labels stay PNG), as DSIFN's are.
+    """
     counts = counts or DEFAULT_COUNTS
+    params = {'.png': [cv2.IMWRITE_PNG_COMPRESSION, 1],      # fast; size is minor
+              '.jpg': [cv2.IMWRITE_JPEG_QUALITY, 90]}[img_suffix]
     for split_id, (split, n) in enumerate(counts.items()):
         for folder in ('A', 'B', 'label'):
             os.makedirs(os.path.join(out, split, folder), exist_ok=True)
         for i in range(n):
             a, b, label = make_pair(seed, split_id, i, size)
-            name = f'{split}_{i:04d}.png'
-            for folder, image in (('A', a), ('B', b), ('label', label)):
-                cv2.imwrite(os.path.join(out, split, folder, name), image,
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])    # fast; size is minor
+            stem = os.path.join(out, split, '{}', f'{split}_{i:04d}')
+            cv2.imwrite(stem.format('A') + img_suffix, a, params)
+            cv2.imwrite(stem.format('B') + img_suffix, b, params)
+            cv2.imwrite(stem.format('label') + '.png', label, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     return out
 
 

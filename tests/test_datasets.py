@@ -5,7 +5,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from datasets import (PRESETS, ChangeDetectionDataset, DatasetError, TrainSampler, get_preset,
                       normalize_pair, read_label, read_pair)
@@ -103,10 +102,14 @@ def test_train_sample_layout_and_reproducibility(tmp_path):
     make_dataset(tmp_path, splits=('train',))
     ds = ChangeDetectionDataset(custom(tmp_path), 'train', seed=5)
     p = ds.preset
-    sample = ds[(1, 7)]
-    assert sample['img'].shape == (6, p.crop, p.crop) and sample['img'].dtype == torch.float32
-    assert sample['label'].shape == (p.crop, p.crop) and sample['label'].dtype == torch.int64
+    sample = ds[(1, 7)]            # train: uint8 pairs (raw) for normalisation on the device
+    assert sample['img'].shape == (2, p.crop, p.crop, 3) and sample['img'].dtype == torch.uint8
+    assert sample['label'].shape == (p.crop, p.crop) and sample['label'].dtype == torch.uint8
     assert set(sample['label'].unique().tolist()) <= {0, 1}
+    assert sample['valid_hw'].dtype == torch.int64 and (sample['valid_hw'] <= p.crop).all()
+    normalized = ChangeDetectionDataset(custom(tmp_path), 'train', seed=5, raw=False)[(1, 7)]
+    assert normalized['img'].shape == (6, p.crop, p.crop) and normalized['img'].dtype == torch.float32
+    assert normalized['label'].dtype == torch.int64
     assert sample['name'] == 'train_1.png'
     again = ds[(1, 7)]
     assert torch.equal(sample['img'], again['img']) and torch.equal(sample['label'], again['label'])
@@ -137,15 +140,15 @@ def test_label_nonzero_is_change_and_gray_rgb_accepted(tmp_path):
 
 
 def test_dataloader_workers_do_not_change_samples(tmp_path):
+    from datasets import train_loader
     make_dataset(tmp_path, n=4, splits=('train',))
     ds = ChangeDetectionDataset(custom(tmp_path), 'train')
-    # OpenCV's thread pool used in the parent must not hang forked workers (a worker calling
-    # cv2.setNumThreads did): use it here first.
+    # OpenCV's thread pool used in the parent must not hang forked workers (with OpenCV 4, a
+    # worker calling cv2.setNumThreads did): use it here first.
     cv2.cvtColor(cv2.resize(np.zeros((300, 200, 3), np.uint8), (256, 384)), cv2.COLOR_BGR2HSV)
     batches = []
     for workers in (0, 2):
-        loader = DataLoader(ds, batch_size=2, num_workers=workers,
-                            sampler=TrainSampler(len(ds), 2, seed=3))
+        loader = train_loader(ds, TrainSampler(len(ds), 2, seed=3), 2, num_workers=workers)
         it = iter(loader)
         batches.append([next(it) for _ in range(3)])
     for b0, b2 in zip(*batches):

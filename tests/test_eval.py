@@ -1,5 +1,5 @@
-"""eval.py: model evaluation vs --pred-dir scoring of the same predictions, written files,
-error-map colours, and one-line errors."""
+"""eval.py: model evaluation vs --pred-dir scoring of the same predictions, written files
+(per_image.csv included), error-map colours, and one-line errors."""
 import json
 import subprocess
 import sys
@@ -110,14 +110,48 @@ def test_eval_writes_predictions_colour_maps_and_metrics(evaluated, dataset_root
     assert not list(show.glob('*.jpg'))
 
 
+def read_per_image(path):
+    import csv
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_per_image_csv_next_to_metrics(evaluated, dataset_root):
+    show, _ = evaluated
+    metrics = json.loads((show / 'metrics.json').read_text())
+    rows = read_per_image(show / 'per_image.csv')
+    assert metrics['per_image_csv'] == str(show / 'per_image.csv')
+    assert [r['name'] for r in rows] == ['p0.jpg', 'p2.jpg']
+    assert list(rows[0]) == ['name', 'tp', 'fp', 'fn', 'tn', 'precision', 'recall', 'f1', 'iou']
+    for key in ('tp', 'fp', 'fn', 'tn'):
+        assert sum(int(r[key]) for r in rows) == metrics[key]
+    for r in rows:
+        pred = cv2.imread(str(show / (r['name'][:-4] + '.png')), cv2.IMREAD_UNCHANGED) > 0
+        label = cv2.imread(str(dataset_root / 'test' / 'label' / (r['name'][:-4] + '.png')), 0) > 0
+        tp, fp, fn = int((pred & label).sum()), int((pred & ~label).sum()), int((~pred & label).sum())
+        assert (int(r['tp']), int(r['fp']), int(r['fn'])) == (tp, fp, fn)
+        assert int(r['tn']) == pred.size - tp - fp - fn
+        assert float(r['f1']) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
+        assert r['precision'] == ('' if tp + fp == 0 else r['precision'])
+
+
+def test_per_image_scores_undefined_cells():
+    assert fhd_eval.image_scores(0, 0, 0, 10) == dict(precision=None, recall=None, f1=None, iou=None)
+    missed = fhd_eval.image_scores(0, 0, 5, 10)          # change nowhere predicted: a failure
+    assert missed == dict(precision=None, recall=0.0, f1=0.0, iou=0.0)
+    assert fhd_eval.image_scores(3, 1, 2, 10)['f1'] == pytest.approx(6 / 9)
+
+
 def test_pred_dir_scores_the_same_as_the_model_run(evaluated, dataset_root, tmp_path, monkeypatch):
     show, _ = evaluated
     monkeypatch.chdir(tmp_path)                               # default output: output_path/<dataset>/
     assert fhd_eval.main(['--dataset', 'custom', '--data-root', str(dataset_root), '--pred-dir', str(show),
-                          '--num-workers', '0']) == 0
+                          '--num-workers', '2', '--batch-size', '2']) == 0     # workers + grouping
     scored = json.loads((tmp_path / 'output_path' / 'custom' / 'metrics.json').read_text())
     original = json.loads((show / 'metrics.json').read_text())
     assert {k: scored[k] for k in METRIC_KEYS} == {k: original[k] for k in METRIC_KEYS}
+    assert read_per_image(tmp_path / 'output_path' / 'custom' / 'per_image.csv') == \
+        read_per_image(show / 'per_image.csv')
 
 
 def test_pred_dir_lists_missing_predictions(evaluated, dataset_root, tmp_path, capsys):

@@ -42,7 +42,7 @@ def test_generated_formats_match_real_data(tmp_path):
         assert not np.array_equal(a, b)      # distractors change B even without change
     assert 3 <= changed <= 12
     ds = ChangeDetectionDataset(get_preset('custom', data_root=tmp_path), 'train')
-    assert len(ds) == 12 and ds[(0, 0)]['img'].shape == (6, 256, 256)
+    assert len(ds) == 12 and ds[(0, 0)]['img'].shape == (2, 256, 256, 3)   # uint8 A, B
 
 
 def test_changes_are_buildings_and_distractors_are_not():
