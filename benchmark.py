@@ -189,12 +189,17 @@ def bench_train(args, device, base_state, flops_ref, flops_fast):
 
 
 def bench_data(args):
-    from datasets import measure_loader_throughput
+    """The training data pipeline alone (datasets.bench): 256 px PNG tiles and DSIFN's 512 px
+    JPEGs cropped to 384; per-stage profile and pairs/s with 1 worker and with --workers."""
+    from datasets.bench import print_case, run_case
     rows = []
-    for w in args.workers:
-        pps = measure_loader_throughput(None, num_workers=w, n_batches=10 if args.quick else 30,
-                                        batch_size=8)
-        rows.append(dict(kind='data', variant=f'train pipeline {args.size}px', workers=w, pairs_per_s=pps))
+    for case in ('levir', 'dsifn'):
+        r = run_case(case, sorted({1, *args.workers}), n_batches=5 if args.quick else 20,
+                     batch_size=16, profile_pairs=50 if args.quick else 200)
+        print_case(r)
+        for f in r['loaders']:
+            rows.append(dict(kind='data', variant=f"{r['size']}->{r['crop']}px {r['img_suffix'][1:]}",
+                             stages_ms=r['stages_ms'], **f))
     return rows
 
 
