@@ -36,10 +36,11 @@ from .checks import DatasetError
 # scene up to many GB. A fixed cap keeps the resident set independent of the scene size.
 GDAL_CACHE_MB = 256
 DEFAULT_PERCENTILES = (2.0, 98.0)
-STRETCH_SAMPLE_WHOLE = 2048 * 2048      # scenes up to this many pixels: stretch from all pixels
-STRETCH_WINDOWS = 8                     # else an 8 x 8 grid of windows ...
-STRETCH_WINDOW = 256                    # ... of 256 x 256 pixels (4 Mpx per band)
-STRETCH_OVERVIEW_SIDE = 1024            # or an overview read at most this large
+# The stretch sample: about 1 Mpx per image, so it costs a few MB whatever the scene.
+STRETCH_SAMPLE_WHOLE = 1024 * 1024      # scenes up to this many pixels: stretch from all pixels
+STRETCH_WINDOWS = 8                     # else from overviews, or an 8 x 8 grid of windows ...
+STRETCH_WINDOW = 128                    # ... of 128 x 128 pixels
+STRETCH_OVERVIEW_SIDE = 1024            # an overview is read at most this large
 
 
 class SceneError(DatasetError):
@@ -379,7 +380,7 @@ def sample_stretch(pair, method, use):
         for img, flag in zip((a, b), use):
             if flag:
                 for k in range(3):
-                    per_band[k].append(img[k][valid].astype(np.float64))
+                    per_band[k].append(img[k][valid])          # native type: 2 B/px for uint16
     values = [np.concatenate(v) for v in per_band]
     if not values[0].size:
         raise SceneError(f'A {pair.a_path} and B {pair.b_path}: no pixel valid in both images in the '

@@ -227,6 +227,26 @@ def test_uint16_percentile_stretch_is_shared_by_a_and_b(tmp_path):
     assert any('percentile 2-98' in line for line in logs)
 
 
+def test_large_scene_stretch_is_sampled_from_windows_or_overviews(tmp_path):
+    h, w = 1100, 1000                                  # above the whole-image sample limit
+    rng = np.random.default_rng(18)
+    smooth = cv2.resize(rng.random((12, 12)).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    img = (np.stack([smooth, smooth ** 2, 1 - smooth]) * 3000 + 500).astype(np.uint16)
+    path = write_tif(tmp_path / 'a.tif', img)
+    exact = [np.percentile(img[k], [2, 98]) for k in range(3)]
+    sampled = open_pair(path, path, log=lambda *_: None).a_stretch
+    assert sampled.method.endswith('64 windows of 128x128')
+    for k in range(3):                                 # close to the exact percentiles
+        span = exact[k][1] - exact[k][0]
+        assert abs(sampled.low[k] - exact[k][0]) < 0.05 * span
+        assert abs(sampled.high[k] - exact[k][1]) < 0.05 * span
+    with rasterio.open(path, 'r+') as ds:
+        ds.build_overviews([2, 4], rasterio.enums.Resampling.nearest)
+    from_overview = open_pair(path, path, log=lambda *_: None).a_stretch
+    assert 'overviews' in from_overview.method
+    assert abs(from_overview.high[0] - exact[0][1]) < 0.05 * (exact[0][1] - exact[0][0])
+
+
 def test_stretch_options(tmp_path):
     a = np.random.default_rng(6).integers(0, 1000, (3, 40, 40)).astype(np.uint16)
     pa, pb = write_tif(tmp_path / 'a.tif', a), write_tif(tmp_path / 'b.tif', a)

@@ -511,64 +511,82 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
                          (outputs.vector, '--vector'), (outputs.summary, 'summary')):
         if path:
             check_writable(path, option)
-    plan = TilePlan(pair.height, pair.width, options.tile, options.overlap)
     area = pixel_area_of(transform)
     min_pixels = int(np.ceil(options.min_area / area - 1e-9)) if options.min_area > 0 else 0
+    if min_pixels and crs is not None and crs.is_geographic:
+        log(f'note: {crs_name(crs)} is geographic: --min-area and the areas are in square degrees')
     tags = dict(tags or {}, FHD_A=pair.a_path, FHD_B=pair.b_path, FHD_GRID=pair.grid_note,
                 FHD_STRETCH=json.dumps({'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()}),
                 FHD_TILE=str(options.tile), FHD_OVERLAP=str(options.overlap),
                 FHD_MIN_AREA=str(options.min_area))
     profile = raster_profile(crs, transform, pair.height, pair.width)
-    loader = tile_loader(pair, plan, options.batch_size, options.num_workers,
-                         pin_memory=torch.device(device).type == 'cuda', cache_bytes=cache_bytes)
     t0 = time.perf_counter()
     with ExitStack() as stack:
         stack.enter_context(raster_env(cache_bytes))
         mask_tmp = stack.enter_context(atomic_path(outputs.mask, suffix='.tif'))
         raw_mask = stack.enter_context(scratch_path(outputs.mask)) if min_pixels else mask_tmp
         prob_tmp = stack.enter_context(atomic_path(outputs.prob, suffix='.tif')) if outputs.prob else None
-        batches = iter(loader)      # workers start here, before any output file is open
         stack.callback(pair.close)
-        rasters = SceneRasters((raw_mask, prob_tmp), (outputs.mask, outputs.prob), profile, tags,
-                               bool(outputs.vector or min_pixels))
-        writer = BackgroundWriter(rasters.write)
-        bar = _TimedBar(tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True))
-        try:
-            for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
-                                                     progress=bar):
-                writer.put((row0,) + block_outputs(logits, valid))
-        finally:
-            bar.close()
-            try:
-                writer.close()
-            finally:
-                # with min_area the mask is written again by the second pass (overviews there)
-                regions = rasters.close(options.overviews and not min_pixels)
-        seconds = time.perf_counter() - t0
-        steady = bar.steady_rate(time.perf_counter())
-        summary = {'a': pair.a_path, 'b': pair.b_path, 'width': pair.width, 'height': pair.height,
-                   'crs': crs_name(crs), 'transform': list(transform)[:6], 'grid': pair.grid_note,
-                   'stretch': {'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()},
-                   'tile': options.tile, 'overlap': options.overlap, 'tiles': len(plan.boxes),
-                   'batch_size': options.batch_size, 'pixel_area': area,
-                   'valid_pixels': rasters.valid_pixels, 'changed_pixels': rasters.changed_pixels,
-                   'inference_seconds': round(seconds, 3),
-                   'tiles_per_second': round(len(plan.boxes) / seconds, 3),
-                   'first_batch_seconds': round(bar.first - t0, 3) if bar.first else None,
-                   'steady_tiles_per_second': round(steady, 3) if steady else None}
+        summary = _first_pass(model, pair, options, device, cache_bytes, profile, tags,
+                              (raw_mask, prob_tmp), outputs, track=bool(outputs.vector or min_pixels),
+                              overviews=options.overviews and not min_pixels)
+        regions = summary.pop('regions')
+        summary['inference_seconds'] = round(time.perf_counter() - t0, 3)
+        summary['tiles_per_second'] = round(summary['tiles'] / summary['inference_seconds'], 3)
+        if summary['first_batch_seconds'] is not None:
+            summary['first_batch_seconds'] = round(summary['first_batch_seconds'] - t0, 3)
         if regions is not None:
+            # with min_area the mask is written again here, without the small regions
             summary.update(_second_pass(raw_mask, mask_tmp if min_pixels else None, regions,
                                         transform, area, min_pixels, outputs, crs, profile, tags,
                                         stack))
-            summary['changed_pixels'] -= summary.get('removed_pixels', 0)
+            summary['changed_pixels'] -= summary['removed_pixels']
+        summary.update(_describe(pair, crs, transform, options, outputs))
         summary['changed_area'] = summary['changed_pixels'] * area
-        summary['min_area'] = options.min_area
-        summary['outputs'] = {k: v for k, v in vars(outputs).items() if v}
         summary['seconds'] = round(time.perf_counter() - t0, 3)
         if outputs.summary:
             tmp = stack.enter_context(atomic_path(outputs.summary, suffix='.json'))
             _guarded(outputs.summary, _write_json, tmp, summary)
     return summary               # all temporary files renamed when the stack closed
+
+
+def _first_pass(model, pair, options, device, cache_bytes, profile, tags, paths, outputs, track,
+                overviews):
+    """Stream the tiles into the mask (and prob) files; counts, timing and region records."""
+    plan = TilePlan(pair.height, pair.width, options.tile, options.overlap)
+    loader = tile_loader(pair, plan, options.batch_size, options.num_workers,
+                         pin_memory=torch.device(device).type == 'cuda', cache_bytes=cache_bytes)
+    batches = iter(loader)          # workers start here, before any output file is open
+    rasters = SceneRasters(paths, (outputs.mask, outputs.prob), profile, tags, track)
+    writer = BackgroundWriter(rasters.write)
+    bar = _TimedBar(tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True))
+    try:
+        for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
+                                                 progress=bar):
+            writer.put((row0,) + block_outputs(logits, valid))
+    finally:
+        bar.close()
+        try:
+            writer.close()
+        finally:
+            regions = rasters.close(overviews)
+    return {'tiles': len(plan.boxes), 'valid_pixels': rasters.valid_pixels,
+            'changed_pixels': rasters.changed_pixels, 'regions': regions,
+            'first_batch_seconds': bar.first,
+            'steady_tiles_per_second': _round(bar.steady_rate(time.perf_counter()))}
+
+
+def _round(value, digits=3):
+    return None if value is None else round(value, digits)
+
+
+def _describe(pair, crs, transform, options, outputs):
+    return {'a': pair.a_path, 'b': pair.b_path, 'width': pair.width, 'height': pair.height,
+            'crs': crs_name(crs), 'transform': list(transform)[:6], 'grid': pair.grid_note,
+            'stretch': {'A': pair.a_stretch.as_dict(), 'B': pair.b_stretch.as_dict()},
+            'tile': options.tile, 'overlap': options.overlap, 'batch_size': options.batch_size,
+            'min_area': options.min_area, 'pixel_area': pixel_area_of(transform),
+            'outputs': {k: v for k, v in vars(outputs).items() if v}}
 
 
 def _second_pass(raw_mask, mask_tmp, regions, transform, area, min_pixels, outputs, crs,
