@@ -10,6 +10,7 @@ reference path on the same weights and input, so a speed-up never silently costs
 Results are printed as a table and written as JSON (--json, default work_dirs/benchmark.json).
 """
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models import build_fhd, model_cost
+from models import build_fhd, for_inference, model_cost
 from utils.metrics import save_json_atomic
 from utils.runtime import keep_freed_memory
 from utils.schedule import build_optimizer
@@ -40,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, nargs='+', default=[2])
     p.add_argument('--no-memory', action='store_true', help='skip the per-variant peak-memory runs')
     p.add_argument('--no-data', action='store_true', help='skip the data-pipeline measurement')
+    p.add_argument('--no-train', action='store_true', help='skip the training-step measurement')
     p.add_argument('--quick', action='store_true', help='batch 1/8 eval, 3 repeats')
     p.add_argument('--default-malloc', action='store_true',
                    help="keep glibc's default of returning large blocks to the kernel (the "
@@ -96,26 +98,89 @@ def matmul_ceiling(device, dtype):
     return 2 * n ** 3 / t
 
 
-def make_model(device, fast, train=False, seed=0):
+def make_model(device, fold=True, train=False, seed=0):
+    """mit_b2 FHD; in training without drop-path and dropout, so that the variants' outputs can
+    be compared (compiled code draws other random masks; both cost next to nothing)."""
     torch.manual_seed(seed)
-    return build_fhd('mit_b2', fast=fast).to(device).train(train)
+    model = build_fhd('mit_b2', fold_decoder=fold, drop_path_rate=0.0 if train else 0.1)
+    if train:
+        model.decoder.dropout.p = 0.0
+    return model.to(device).train(train)
 
 
-def variants(device):
-    """The variants compared (the same list for eval and training)."""
-    out = {'reference fp32': dict(fast=False), 'fast fp32': dict(fast=True)}
+def training_variants(device):
+    """name -> (decoder fold, autocast dtype, torch.compile) of the training forward."""
+    out = {'reference fp32': (False, None, False), 'folded fp32': (True, None, False)}
     if device.type == 'cuda':
-        out['fast bf16'] = dict(fast=True, amp=torch.bfloat16)
-        out['fast bf16+cl+compile'] = dict(fast=True, amp=torch.bfloat16, channels_last=True, compile_=True)
+        out['folded bf16'] = (True, torch.bfloat16, False)
+        out['folded bf16+compile'] = (True, torch.bfloat16, True)
     return out
 
 
-def build_variant(base_state, device, cfg, train):
-    model = make_model(device, cfg['fast'], train=train)
+def eval_variants(device):
+    """name -> builder(base_state, device, size) of an eval callable x -> logits."""
+    out = {'reference fp32': eval_reference, 'inference fp32': eval_inference}
+    if device.type == 'cpu' and onnxruntime_available():
+        out['onnxruntime fp32'] = eval_onnxruntime
+    if device.type == 'cuda':
+        out['inference bf16'] = functools.partial(eval_inference, amp=torch.bfloat16)
+        out['inference bf16+compile'] = functools.partial(eval_inference, amp=torch.bfloat16,
+                                                          compile_=True)
+    return out
+
+
+def loaded(base_state, device, fold=True, train=False):
+    model = make_model(device, fold, train=train)
     model.load_state_dict(base_state)
-    if cfg.get('channels_last'):
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if cfg.get('compile_') else model
+    return model
+
+
+def no_grad_call(net, amp=None, device=None):
+    def run(x):
+        with torch.inference_mode(), autocast(device or x.device, amp):
+            return net(x)
+    return run
+
+
+def eval_reference(base_state, device, size):
+    return no_grad_call(loaded(base_state, device, fold=False).eval(), device=device)
+
+
+def eval_inference(base_state, device, size, amp=None, compile_=False):
+    net = for_inference(loaded(base_state, device), device=device)
+    return no_grad_call(torch.compile(net) if compile_ else net, amp, device)
+
+
+def onnxruntime_available():
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def eval_onnxruntime(base_state, device, size, threads=None):
+    """The exported inference model (tools/export.py's graph) in ONNX Runtime's CPU provider."""
+    import os
+    import tempfile
+    import onnxruntime as ort
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tools'))
+    import export as export_tool
+    sys.path.pop(0)
+    net = for_inference(loaded(base_state, device), device='cpu', kernels='plain',
+                        fold_attention=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'fhd.onnx')
+        export_tool.export_onnx(net, torch.zeros(1, 6, size, size), path, opset=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+    def run(x):
+        return torch.from_numpy(session.run(None, {'pair': x.numpy()})[0])
+    return run
 
 
 def autocast(device, dtype):
@@ -124,66 +189,59 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def bench_eval(args, device, base_state, flops_ref, flops_fast):
+def bench_eval(args, device, base_state, flops):
     rows = []
+    builders = eval_variants(device)
+    runners = {name: build(base_state, device, args.size) for name, build in builders.items()}
     for batch in args.eval_batches:
         g = torch.Generator().manual_seed(batch)
         x = torch.randn(batch, 6, args.size, args.size, generator=g).to(device)
-        fns, errs = {}, {}
-        ref_model = build_variant(base_state, device, dict(fast=False), train=False)
-        with torch.inference_mode():
-            ref_out = ref_model(x)
-        for name, cfg in variants(device).items():
-            model = ref_model if name == 'reference fp32' else build_variant(base_state, device, cfg, False)
-            xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
-
-            def run(model=model, xin=xin, amp=cfg.get('amp')):
-                with torch.inference_mode(), autocast(device, amp):
-                    return model(xin)
-            errs[name] = rel_err(run(), ref_out)
-            fns[name] = run
-        med = round_robin(fns, device, args.repeats, args.warmup)
-        for name, cfg in variants(device).items():
-            flops = (flops_fast if cfg['fast'] else flops_ref) * batch
+        ref_out = runners['reference fp32'](x)
+        errs = {name: rel_err(run(x), ref_out) for name, run in runners.items()}
+        med = round_robin({name: functools.partial(run, x) for name, run in runners.items()},
+                          device, args.repeats, args.warmup)
+        for name in runners:
+            f = (flops['reference'] if name.startswith('reference') else flops['inference']) * batch
             rows.append(dict(kind='eval', variant=name, batch=batch, median_s=med[name],
-                             pairs_per_s=batch / med[name], achieved_flops=flops / med[name],
+                             pairs_per_s=batch / med[name], achieved_flops=f / med[name],
                              rel_err_vs_ref=errs[name]))
-        del fns, ref_model
     return rows
 
 
-def bench_train(args, device, base_state, flops_ref, flops_fast):
+def train_step_fn(model, net, x, y, amp, device):
+    opt = build_optimizer(list(model.parameters()), lr=6e-5)
+
+    def step():
+        with autocast(device, amp):
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def bench_train(args, device, base_state, flops):
     batch = args.train_batch or (8 if device.type == 'cpu' else 16)
     g = torch.Generator().manual_seed(123)
     x = torch.randn(batch, 6, args.size, args.size, generator=g).to(device)
     y = (torch.rand(batch, args.size, args.size, generator=g) > 0.8).long().to(device)
-    fns, errs = {}, {}
-    ref_model = build_variant(base_state, device, dict(fast=False), train=True)
-    torch.manual_seed(0)  # same drop-path / dropout draws for the check below
-    ref_out = ref_model(x).detach()
-    for name, cfg in variants(device).items():
-        model = build_variant(base_state, device, cfg, train=True)
-        opt = build_optimizer(list(model.parameters()), lr=6e-5)
-        xin = x.contiguous(memory_format=torch.channels_last) if cfg.get('channels_last') else x
-        with autocast(device, cfg.get('amp')):
-            torch.manual_seed(0)
-            errs[name] = rel_err(model(xin).detach(), ref_out)
-
-        def step(model=model, opt=opt, xin=xin, amp=cfg.get('amp')):
-            with autocast(device, amp):
-                loss = F.cross_entropy(model(xin), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        fns[name] = step
+    fns, errs, ref_out = {}, {}, None
+    for name, (fold, amp, compile_) in training_variants(device).items():
+        model = loaded(base_state, device, fold, train=True)
+        net = torch.compile(model) if compile_ else model
+        with autocast(device, amp):
+            out = net(x).detach()
+        ref_out = out if ref_out is None else ref_out
+        errs[name] = rel_err(out, ref_out)
+        fns[name] = train_step_fn(model, net, x, y, amp, device)
     med = round_robin(fns, device, args.repeats, args.warmup)
     rows = []
-    for name, cfg in variants(device).items():
+    for name in fns:
         # training step ~ 3x the forward FLOPs (forward + two backward matmuls)
-        flops = 3 * (flops_fast if cfg['fast'] else flops_ref) * batch
+        f = 3 * (flops['reference'] if name.startswith('reference') else flops['folded']) * batch
         pps = batch / med[name]
         rows.append(dict(kind='train', variant=name, batch=batch, median_s=med[name], pairs_per_s=pps,
-                         achieved_flops=flops / med[name], rel_err_vs_ref=errs[name],
+                         achieved_flops=f / med[name], rel_err_vs_ref=errs[name],
                          projected_full_schedule_h=PAPER_ITERS * PAPER_BATCH / pps / 3600))
     return rows
 
@@ -220,21 +278,23 @@ def memory_probe(args, device, spec):
     """Run in a child process: one variant, report its peak memory (MiB)."""
     kind, name, batch = spec.split('|')
     batch = int(batch)
-    cfg = variants(device)[name]
-    model = build_variant(make_model(device, True).state_dict(), device, cfg, train=(kind == 'train'))
+    base_state = make_model(device).state_dict()
     x = torch.randn(batch, 6, args.size, args.size, device=device)
-    if cfg.get('channels_last'):
-        x = x.contiguous(memory_format=torch.channels_last)
+    if kind == 'eval':
+        run = eval_variants(device)[name](base_state, device, args.size)
+    else:
+        fold, amp, compile_ = training_variants(device)[name]
+        model = loaded(base_state, device, fold, train=True)
+        net = torch.compile(model) if compile_ else model
+        y = torch.zeros(batch, args.size, args.size, dtype=torch.long, device=device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     base_rss = peak_rss_mib()
-    with autocast(device, cfg.get('amp')):
-        if kind == 'eval':
-            with torch.inference_mode():
-                model(x)
-        else:
-            y = torch.zeros(batch, args.size, args.size, dtype=torch.long, device=device)
-            F.cross_entropy(model(x), y).backward()
+    if kind == 'eval':
+        run(x)
+    else:
+        with autocast(device, amp):
+            F.cross_entropy(net(x), y).backward()
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:  # growth of the resident set over the model+input baseline
@@ -281,8 +341,10 @@ def print_table(rows, ceiling, device, kept):
             if r['kind'] == kind:
                 by.setdefault(r['batch'], {})[r['variant']] = r['median_s']
         for b, v in by.items():
-            if 'reference fp32' in v and 'fast fp32' in v:
-                print(f"{kind} batch {b}: fast path is {v['reference fp32'] / v['fast fp32']:.2f}x the reference path")
+            ref = v.get('reference fp32')
+            for name, t in v.items():
+                if ref and name != 'reference fp32':
+                    print(f"{kind} batch {b}: {name} is {ref / t:.2f}x the reference path")
     for r in rows:
         if r['kind'] == 'train':
             print(f"projected paper schedule ({PAPER_ITERS} x {PAPER_BATCH} pairs) with {r['variant']}: "
@@ -311,12 +373,13 @@ def main(argv=None):
         return memory_probe(args, device, args.memory_probe)
     if args.quick:
         args.eval_batches, args.repeats, args.warmup = [1, 8], 3, 1
-    base_state = make_model(device, True).state_dict()
-    cost = model_cost(build_fhd('mit_b2'), size=(args.size, args.size))   # counts both paths
-    flops_ref, flops_fast = cost['flops_reference'], cost['flops_fast']
+    base_state = make_model(device).state_dict()
+    cost = model_cost(build_fhd('mit_b2'), size=(args.size, args.size))   # counts every path
+    flops = {k: cost[f'flops_{k}'] for k in ('reference', 'folded', 'inference')}
     ceiling = matmul_ceiling(device, torch.float32 if device.type == 'cpu' else torch.bfloat16)
-    rows = bench_eval(args, device, base_state, flops_ref, flops_fast)
-    rows += bench_train(args, device, base_state, flops_ref, flops_fast)
+    rows = bench_eval(args, device, base_state, flops)
+    if not args.no_train:
+        rows += bench_train(args, device, base_state, flops)
     if not args.no_data:
         rows += bench_data(args)
     if not args.no_memory:
@@ -325,7 +388,7 @@ def main(argv=None):
     result = dict(device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
                   size=args.size, keep_freed_memory=kept, matmul_ceiling_flops=ceiling,
                   params=cost['params'],
-                  flops_per_pair=dict(reference=flops_ref, fast=flops_fast), rows=rows)
+                  flops_per_pair=flops, rows=rows)
     save_json_atomic(result, args.json)
     print(f'wrote {args.json}')
 

@@ -64,25 +64,38 @@ def test_train_mode_fold_equals_reference():
 
 @pytest.mark.slow
 def test_torch_compile_training_step_matches_eager():
-    """torch.compile of the training model: forward + backward + one AdamW step == eager."""
+    """torch.compile of the training model: forward + backward + one AdamW step == eager within
+    1e-5 (logits, loss, updated weights); gradients no farther from eager than eager float32
+    is from float64 (the first layers' gradients carry ~1e-3 of float32 round-off either way)."""
     from utils.schedule import build_optimizer
+    LR = 1e-3
     torch.manual_seed(2)
     eager = build_fhd('mit_b0', drop_path_rate=0.0).train()
     eager.decoder.dropout.p = 0.0            # deterministic step
+    exact = copy.deepcopy(eager).double()
     compiled = copy.deepcopy(eager)
     x, label = inputs(3, batch=2)
+    _, g64 = train_step(exact, x.double(), label, seed=0)
     results = []
     for model, wrap in ((eager, lambda m: m), (compiled, torch.compile)):
-        opt = build_optimizer(list(model.parameters()), lr=1e-3)
-        net = wrap(model)
-        logits = net(x)
-        F.cross_entropy(logits, label).backward()
+        opt = build_optimizer(list(model.parameters()), lr=LR)
+        logits = wrap(model)(x)
+        loss = F.cross_entropy(logits, label)
+        loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         opt.step()
-        results.append((logits.detach(), grads, {n: p.detach().clone() for n, p in model.named_parameters()}))
-    (le, ge, pe), (lc, gc, pc) = results
+        results.append((logits.detach(), loss.item(), grads,
+                        {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (le, loss_e, ge, pe), (lc, loss_c, gc, pc) = results
     assert (lc - le).abs().max() / le.abs().max() < 1e-5
+    assert abs(loss_c - loss_e) <= 1e-5 * abs(loss_e)
     floor = 1e-6 * max(g.abs().max() for g in ge.values())
     for n in ge:
-        assert (gc[n] - ge[n]).abs().max() <= 1e-4 * ge[n].abs().max() + floor, n
-        assert (pc[n] - pe[n]).abs().max() <= 1e-5 * pe[n].abs().max() + 1e-7, n
+        noise = (ge[n].double() - g64[n]).abs().max()
+        assert (gc[n] - ge[n]).abs().max() <= 3 * noise + floor, n
+        # AdamW's first step moves each weight by lr * g / (|g| + eps) ~ lr * sign(g): equal (to
+        # 1 % of the step) wherever the gradient's sign is beyond round-off; elsewhere either
+        # sign is as right as the other
+        sure = ge[n].abs() > 3 * noise + floor
+        diff = (pc[n] - pe[n])[sure].abs()
+        assert diff.numel() == 0 or diff.max() <= 1e-5 * pe[n].abs().max() + 1e-2 * LR, n
