@@ -11,7 +11,6 @@ The batches are what training receives: uint8 pairs, normalised later on the dev
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -19,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .cd_dataset import ChangeDetectionDataset, read_label, read_pair

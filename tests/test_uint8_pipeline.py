@@ -4,7 +4,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from datasets import (ChangeDetectionDataset, TrainSampler, default_num_workers, get_preset,
                       normalize_batch, normalize_pair, train_loader)

@@ -1,11 +1,12 @@
-"""The README pictures of a demo run (written by `bash train_eval.sh demo`).
+"""The pictures of a demo run (`bash train_eval.sh demo` writes them to output_path/demo/).
 
     python tools/demo_figure.py [--data-root data/demo] [--pred-dir output_path/demo/label]
-                                [--work-dir work_dirs/fhd.demo] [--out assets] [--n 4]
+                                [--work-dir work_dirs/fhd.demo] [--out output_path/demo] [--n 4]
 
-assets/demo_results.png: one row per test pair, A | B | label | prediction | error map
-(TP white, TN black, FP red, FN green); assets/demo_loss.png: the training loss curve from
-train.jsonl. Pairs: the first --n test names (sorted) that contain change.
+<out>/demo_results.png: one row per test pair, A | B | label | prediction | error map
+(TP white, TN black, FP red, FN green); <out>/demo_loss.png: the training loss curve from
+train.jsonl. Pairs: the first --n test names (sorted) that contain change. The README's
+committed pictures are updated on purpose only: `python tools/demo_figure.py --out assets`.
 """
 import argparse
 import json
@@ -32,7 +33,8 @@ def main(argv=None):
     p.add_argument('--data-root', default='data/demo')
     p.add_argument('--pred-dir', default='output_path/demo/label')
     p.add_argument('--work-dir', default='work_dirs/fhd.demo')
-    p.add_argument('--out', default='assets')
+    p.add_argument('--out', default='output_path/demo',
+                   help='folder of the two pictures (assets: the README\'s, on purpose only)')
     p.add_argument('--n', type=int, default=4)
     args = p.parse_args(argv)
     test = Path(args.data_root) / 'test'
