@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import cpu_kernels as K
-from .fhd import (ConvBNReLU, GateBranch, TimeSpecificMask, folded_projections, resize_to_input,
-                  split_pair, stack_pair)
+from .fhd import (ConvBNReLU, GateBranch, HierarchicalDifferentiation, TimeSpecificMask,
+                  folded_projections, resize_to_input, split_pair, stack_pair)
 from .mit import EfficientSelfAttention, MiTBlock, MixFFN, tokens_to_map
 
 
@@ -127,6 +127,22 @@ class FusedGateBranch(nn.Module):
         return self.expand_norm(self.expand(x))
 
 
+class FusedDifferentiation(nn.Module):
+    """HD with fewer passes over the maps: the gate's sum and sigmoid in place, and
+    D = 2*I_a*g + 2*I_b*(1-g) as 2 * lerp(I_b, I_a, g) (the same value up to rounding)."""
+
+    def __init__(self, hd: HierarchicalDifferentiation, fused):
+        super().__init__()
+        self.local_attention = FusedGateBranch(hd.local_attention, fused)
+        self.global_attention = FusedGateBranch(hd.global_attention, fused)
+
+    def forward(self, feat_a, feat_b):
+        union = feat_a + feat_b
+        gate = self.local_attention(union).add_(
+            self.global_attention(F.adaptive_avg_pool2d(union, 1))).sigmoid_()
+        return torch.lerp(feat_b, feat_a, gate).mul_(2)
+
+
 class InferenceDecoder(nn.Module):
     """FHD levels with folded BNs, then sum_l upsample(W'_l d_l + b'_l) -> ReLU -> classifier,
     where W'_l, b'_l hold the level projection, the fuse conv's slice and the fuse BN."""
@@ -139,7 +155,8 @@ class InferenceDecoder(nn.Module):
                         lambda m: K.Conv1x1ReLU(*fold_conv_bn(m.conv, m.bn), fused))
         replace_modules(self.levels, TimeSpecificMask,
                         lambda m: K.Conv1x1ReLU(m.conv.weight, m.conv.bias, fused))
-        replace_modules(self.levels, GateBranch, lambda m: FusedGateBranch(m, fused))
+        replace_modules(self.levels, HierarchicalDifferentiation,
+                        lambda m: FusedDifferentiation(m, fused))
         scale, shift = bn_scale_shift(decoder.fuse.bn)
         projections = []
         for i, (w, b) in enumerate(folded_projections(decoder)):
@@ -218,7 +235,7 @@ def for_inference(model, device=None, kernels='auto', fold_attention=None):
         raise ValueError(f"kernels must be 'auto' or 'plain', got {kernels!r}")
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    source = copy.deepcopy(model).float().to(device).eval()   # the folds are taken in fp32
+    source = copy.deepcopy(model).to(device).eval()    # folds in the model's own dtype
     fused = device.type == 'cpu' and kernels == 'auto'
     if fold_attention is None:
         fold_attention = fused
