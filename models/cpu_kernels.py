@@ -65,6 +65,22 @@ class Conv1x1ReLU(nn.Module):
         return F.relu(F.conv2d(x, self.weight, self.bias), inplace=True)
 
 
+class Conv1x1AddReLU(nn.Module):
+    """relu(conv1x1(x) + other): the add and the ReLU in the conv's epilogue when ``fused``
+    (``other`` must have the output's shape)."""
+
+    def __init__(self, weight, fused=False):
+        super().__init__()
+        self.register_buffer('weight', _frozen(weight))
+        self.fused = fused
+
+    def forward(self, x, other):
+        if self.fused and fused_applies(x) and fused_applies(other):
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, self.weight, None, [0, 0], [1, 1], [1, 1], 1, 'add', None, 'relu', [], '')
+        return F.conv2d(x, self.weight).add_(other).relu_()
+
+
 class DepthwiseConvGELU(nn.Module):
     """Exact GELU of a depthwise 3x3 conv; one pass over the MLP's widest activation when
     ``fused`` (GELU in the conv's epilogue)."""
@@ -98,9 +114,12 @@ def _linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
     return 2 * rows * w_shape[0] * w_shape[1]
 
 
-def _conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
+def _conv_flop(x_shape, *args, out_shape=None, **kwargs):
+    """Both overloads: (X, W, B, ...) and .binary (X, other, W, B, ...); FlopCounterMode keys
+    formulas by the op packet, so one formula serves both."""
     from torch.utils.flop_counter import conv_flop_count
-    return conv_flop_count(x_shape, w_shape, out_shape)
+    binary = isinstance(args[1], (tuple, list, torch.Size)) and len(args[1]) == 4
+    return conv_flop_count(x_shape, args[1] if binary else args[0], out_shape)
 
 
 def flop_formulas():

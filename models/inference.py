@@ -19,8 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import cpu_kernels as K
-from .fhd import (ConvBNReLU, GateBranch, HierarchicalDifferentiation, TimeSpecificMask,
-                  folded_projections, resize_to_input, split_pair, stack_pair)
+from .fhd import (ConvBNReLU, FeatureDifferentiationLevel, GateBranch,
+                  HierarchicalDifferentiation, TimeSpecificAggregation, folded_projections,
+                  resize_to_input, split_pair, stack_pair)
 from .mit import EfficientSelfAttention, MiTBlock, MixFFN, tokens_to_map
 
 
@@ -143,6 +144,72 @@ class FusedDifferentiation(nn.Module):
         return torch.lerp(feat_b, feat_a, gate).mul_(2)
 
 
+def as_tokens(x):
+    """(B, C, h, w) -> (B, h*w, C); free for the channels-last maps the encoder and the fused
+    convs produce (a flatten(2) of them would copy the whole map)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def tokens_as_map(x, h, w):
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def conv_relu(block: ConvBNReLU, fused):
+    return K.Conv1x1ReLU(*fold_conv_bn(block.conv, block.bn), fused)
+
+
+class FusedAggregation(nn.Module):
+    """TSA without layout copies; the bottleneck over [attended context, features] as two convs
+    whose sum and ReLU are fused (no concatenated map)."""
+
+    def __init__(self, tsa: TimeSpecificAggregation, fused):
+        super().__init__()
+        self.inner = tsa.inner
+        self.query_proj = nn.Sequential(*(conv_relu(m, fused) for m in tsa.query_proj))
+        self.key_proj = nn.Sequential(*(conv_relu(m, fused) for m in tsa.key_proj))
+        self.value_proj = conv_relu(tsa.value_proj, fused)
+        self.out_proj = conv_relu(tsa.out_proj, fused)
+        weight, bias = fold_conv_bn(tsa.bottleneck.conv, tsa.bottleneck.bn)
+        c = weight.shape[0]
+        self.bottleneck_context = K.Linear(weight[:, :c, 0, 0], bias, fused)   # [context, features]
+        self.bottleneck_features = K.Conv1x1AddReLU(weight[:, c:], fused)
+
+    def forward(self, features, context):
+        b, _, h, w = features.shape
+        query = as_tokens(self.query_proj(features))                    # (B,hw,inner)
+        key = self.key_proj(context).flatten(2) * self.inner ** -0.5    # (B,inner,K)
+        value = self.value_proj(context).flatten(2).transpose(1, 2)     # (B,K,inner)
+        attended = torch.matmul(torch.matmul(query, key).softmax(dim=-1), value)
+        attended = tokens_as_map(attended, h, w)
+        # the context half of the bottleneck as a token-wise linear: NHWC in, NHWC out
+        context_part = self.bottleneck_context(self.out_proj(attended).permute(0, 2, 3, 1))
+        return self.bottleneck_features(features, context_part.permute(0, 3, 1, 2))
+
+
+class FusedLevel(nn.Module):
+    """One FHD module (TSM -> TSC -> TSA per date, then HD) in the inference form."""
+
+    def __init__(self, level: FeatureDifferentiationLevel, fused):
+        super().__init__()
+        self.mask_a = K.Conv1x1ReLU(level.mask_a.conv.weight, level.mask_a.conv.bias, fused)
+        self.mask_b = K.Conv1x1ReLU(level.mask_b.conv.weight, level.mask_b.conv.bias, fused)
+        self.aggregate_a = FusedAggregation(level.aggregate_a, fused)
+        self.aggregate_b = FusedAggregation(level.aggregate_b, fused)
+        self.differentiate = FusedDifferentiation(level.differentiate, fused)
+
+    def forward(self, feat_a, feat_b):
+        agg_a = self.aggregate_a(feat_a, token_context(feat_a, self.mask_a(feat_a)))
+        agg_b = self.aggregate_b(feat_b, token_context(feat_b, self.mask_b(feat_b)))
+        return self.differentiate(agg_a, agg_b)
+
+
+def token_context(features, masks):
+    """fhd.time_specific_context on channels-last maps: (B,C,h,w), (B,K,h,w) -> (B,C,K,1)."""
+    weights = masks.flatten(2).softmax(dim=2)                       # (B,K,hw)
+    return torch.matmul(weights, as_tokens(features)).transpose(1, 2).unsqueeze(3)
+
+
 class InferenceDecoder(nn.Module):
     """FHD levels with folded BNs, then sum_l upsample(W'_l d_l + b'_l) -> ReLU -> classifier,
     where W'_l, b'_l hold the level projection, the fuse conv's slice and the fuse BN."""
@@ -150,13 +217,7 @@ class InferenceDecoder(nn.Module):
     def __init__(self, decoder, fused):
         super().__init__()
         self.fused = fused
-        self.levels = copy.deepcopy(decoder.levels)
-        replace_modules(self.levels, ConvBNReLU,
-                        lambda m: K.Conv1x1ReLU(*fold_conv_bn(m.conv, m.bn), fused))
-        replace_modules(self.levels, TimeSpecificMask,
-                        lambda m: K.Conv1x1ReLU(m.conv.weight, m.conv.bias, fused))
-        replace_modules(self.levels, HierarchicalDifferentiation,
-                        lambda m: FusedDifferentiation(m, fused))
+        self.levels = nn.ModuleList(FusedLevel(level, fused) for level in decoder.levels)
         scale, shift = bn_scale_shift(decoder.fuse.bn)
         projections = []
         for i, (w, b) in enumerate(folded_projections(decoder)):

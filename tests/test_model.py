@@ -122,7 +122,7 @@ def test_fused_cpu_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeyp
     oneDNN's fused kernels: they must be taken (counted) and equal the plain ops; under autograd,
     autocast and tracing the same module falls back to the plain ops."""
     x = case_input(5, 2, 64, 64)
-    calls = {'conv': 0, 'linear': 0}
+    calls = {'conv': 0, 'conv_add': 0, 'linear': 0}
     conv, linear = torch.ops.mkldnn._convolution_pointwise, torch.ops.mkldnn._linear_pointwise
 
     def counting(name, fn):
@@ -131,17 +131,22 @@ def test_fused_cpu_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeyp
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', counting('conv', conv))
+    class CountingConv:                        # the op packet with its .binary overload
+        __call__ = staticmethod(counting('conv', conv))
+        binary = staticmethod(counting('conv_add', conv.binary))
+
+    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', CountingConv())
     monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', linear))
     fused_net = for_inference(model_seed1)
     with torch.no_grad():
         fused = fused_net.forward_head(x)
-    # 16 MiT-b2 blocks (dwconv+GELU); per decoder level 2 masks + 2 x 7 TSA convs + 2 x 2 gate
-    # convs = 20, x 4 levels
-    assert calls['conv'] == 16 + 4 * 20
+    # 16 MiT-b2 blocks (dwconv+GELU); per decoder level 2 masks + 2 x 6 TSA conv+ReLUs + 2 x 2
+    # gate convs = 18, x 4 levels; each TSA's bottleneck as conv + add + ReLU (8)
+    assert calls['conv'] == 16 + 4 * 18 and calls['conv_add'] == 8
     # at 64x64 the attention of stages 1-3 is folded (no q/proj linears); kv, fc1, fc2 of
-    # stages 1-3 (sides <= 320) and the decoder's level projections 1-3 go to oneDNN
-    assert calls['linear'] == 3 * (3 + 4 + 6) + 3
+    # stages 1-3 (sides <= 320), the decoder's level projections 1-3 and the context half of
+    # the TSA bottlenecks of levels 1-3 go to oneDNN
+    assert calls['linear'] == 3 * (3 + 4 + 6) + 3 + 2 * 3
     seen = dict(calls)
     with torch.no_grad():
         plain = for_inference(model_seed1, kernels='plain').forward_head(x)
