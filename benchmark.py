@@ -368,7 +368,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
-    kept = False if args.default_malloc else keep_freed_memory()
+    kept = False if args.default_malloc else keep_freed_memory(device)
     if args.memory_probe:
         return memory_probe(args, device, args.memory_probe)
     if args.quick:
