@@ -62,12 +62,15 @@ def parse_args(argv=None):
     p.add_argument('--backbone', default='mit_b2', help='MiT variant the checkpoint was trained with')
     p.add_argument('--a', help='first-date image')
     p.add_argument('--b', help='second-date image')
-    p.add_argument('--out', help='output mask PNG for --a/--b')
+    p.add_argument('--out', help='output mask for --a/--b: PNG (0/255), for scenes a GeoTIFF .tif '
+                   '(0/1, 255 nodata)')
     p.add_argument('--input-dir', help='folder with A/ and B/ holding pairs of equal names')
     p.add_argument('--output-dir', help='output folder for --input-dir')
     p.add_argument('--tile', type=int, default=256, help='sliding-window tile size (multiple of 32)')
     p.add_argument('--overlap', type=int, default=64, help='overlap of neighbouring tiles in pixels')
-    p.add_argument('--prob', action='store_true', help='also write the change probability as 8-bit PNG')
+    p.add_argument('--prob', action='store_true',
+                   help='also write the change probability: 8-bit PNG round(255 p); for scenes a uint8 '
+                   'GeoTIFF round(254 p), 255 nodata')
     p.add_argument('--overlay', action='store_true', help='also write the changes overlaid on image B')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--batch-size', type=int, default=4, help='tiles per forward pass')

@@ -53,11 +53,14 @@ def limit_gdal_cache(megabytes=GDAL_CACHE_MB):
     os.environ.setdefault('GDAL_CACHEMAX', str(megabytes))
 
 
-def scene_cache_bytes(width, tile, itemsize=1):
-    """GDAL block cache for streaming a scene `width` pixels wide: the input blocks of one tile
-    row of A and B (3 bands each, with a block of slack above and below), so that a striped
-    file is not decoded again for every tile; 4 MB to 512 MB."""
-    need = (tile + 2 * 256) * width * 3 * 2 * itemsize
+def scene_cache_bytes(width, tile, itemsize=1, reading=True):
+    """GDAL block cache for streaming a scene `width` pixels wide, 4 MB to 512 MB. A reading
+    process needs the input blocks of one tile row of A and B (3 bands each, a block of slack
+    above and below), so that a striped file is not decoded again for every tile; the writing
+    one two block rows of the two outputs."""
+    need = 2 * 2 * 256 * width
+    if reading:
+        need += (tile + 2 * 256) * width * 3 * 2 * itemsize
     return int(min(max(need, 4 * 2 ** 20), 512 * 2 ** 20))
 
 

@@ -21,7 +21,7 @@ from datasets.raster import ScenePair, Stretch, StretchSpec, open_pair  # noqa: 
 from utils.inference import sliding_window_logits  # noqa: E402
 from utils.regions import (BOTTOM, LEFT, PIXELS, PROB_SUM, RIGHT, SEED_COL, SEED_ROW,  # noqa: E402
                            TOP, RegionTracker)
-from utils.scene import (SceneOptions, SceneOutputs, TilePlan, block_outputs,  # noqa: E402
+from utils.scene import (Block, SceneOptions, SceneOutputs, TilePlan, block_outputs,  # noqa: E402
                          run_scene, stream_logits, tile_loader)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,8 @@ def test_single_tile_scene_equals_whole_image_inference(tmp_path, fhd_b0):
 
 def test_block_outputs_mask_prob_and_nodata():
     logits = torch.tensor([[[0.0, 2.0, 1.0]], [[1.0, 0.0, 1.0]]])       # change, none, tie -> none
-    mask, prob_u8, prob = block_outputs(logits, np.array([[True, True, False]]))
+    block = Block(0, logits * 2, torch.full((1, 3), 2.0), np.array([[True, True, False]]))
+    mask, prob_u8, prob = block_outputs(block, keep_prob=True)
     assert mask.tolist() == [[1, 0, 255]]
     assert prob_u8[0, 0] == round(254 / (1 + np.exp(-1))) and prob_u8[0, 2] == 255
     assert abs(prob[0, 1] - 1 / (1 + np.exp(2))) < 1e-6

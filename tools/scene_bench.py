@@ -1,4 +1,5 @@
-"""Scene mode figures: peak memory against scene size, and scene vs batch-eval throughput.
+"""Scene mode figures: peak memory against scene size, scene vs batch-eval throughput, and
+the streaming path's equality with the in-memory sliding window.
 
     python tools/scene_bench.py                         # 2048^2 and 8192^2, mit_b0, CPU, 2 threads
     python tools/scene_bench.py --sizes 1024 2048 --backbone mit_b2 --device cuda
@@ -8,8 +9,11 @@ through `infer.py` (run in a fresh child process, random weights of --backbone, 
 and the child reports its peak resident set (getrusage: the main process, and separately the
 DataLoader worker(s)) and the summary's throughput. Batch-eval throughput is the model's
 forward alone on random (batch, 6, tile, tile) inputs in another child, measured before and
-after the scene runs (the mean of the two is the reference; the machine's speed drifts). Prints
-a table and writes JSON (default work_dirs/scene_bench.json).
+after the scene runs (the mean of the two is the reference; the machine's speed drifts); the
+scene's rate is taken after its first batch (start-up: workers, the model's first call). The
+equality run streams a --equality-size scene and compares it with
+utils.inference.sliding_window_logits on the whole scene in memory. Prints a table and writes
+JSON (default work_dirs/scene_bench.json).
 """
 import argparse
 import json
@@ -34,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--tile', type=int, default=256)
     p.add_argument('--num-workers', type=int, default=None, help="infer.py's default when not given")
     p.add_argument('--eval-batches', type=int, default=20, help='batches per batch-eval measurement')
+    p.add_argument('--equality-size', type=int, default=2048,
+                   help='scene side for the streaming vs in-memory comparison (0: skip)')
     p.add_argument('--work-dir', default='work_dirs/scene_bench')
     p.add_argument('--json', default='work_dirs/scene_bench.json')
     p.add_argument('--_child', nargs='+', help=argparse.SUPPRESS)
@@ -87,6 +93,40 @@ def child_eval(args, checkpoint):
     print(json.dumps({'tiles_per_second': args.eval_batches * args.batch_size / seconds}))
 
 
+def child_equality(args, a, b, checkpoint):
+    """Streaming logits vs utils.inference.sliding_window_logits on the same (whole) scene."""
+    import numpy as np
+    import torch
+    torch.set_num_threads(args.threads)
+    import infer
+    from datasets import normalize_pair
+    from datasets.raster import open_pair
+    from utils.inference import resolve_device, sliding_window_logits
+    from utils.runtime import keep_freed_memory
+    from utils.scene import TilePlan, stream_logits, tile_loader
+    keep_freed_memory()
+    device = resolve_device(args.device)
+    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint), device)
+    pair = open_pair(a, b, log=lambda *_: None)
+    plan = TilePlan(pair.height, pair.width, args.tile, 64)
+    workers = args.num_workers if args.num_workers is not None else 1
+    blocks = [(lg.cpu(), v) for _, lg, v in stream_logits(
+        model, tile_loader(pair, plan, args.batch_size, workers), plan, device)]
+    streamed = torch.cat([lg for lg, _ in blocks], 1)
+    valid = np.concatenate([v for _, v in blocks])
+    a_rgb, b_rgb, _ = pair.read(None)
+    img = normalize_pair(a_rgb.transpose(1, 2, 0)[..., ::-1], b_rgb.transpose(1, 2, 0)[..., ::-1])
+    img[:, ~valid] = 0
+    del a_rgb, b_rgb
+    reference = sliding_window_logits(model, img[None].to(device), tile=args.tile, overlap=64,
+                                      batch_size=args.batch_size)[0].cpu()
+    diff = (streamed - reference).abs()
+    differing = int((streamed.argmax(0) != reference.argmax(0)).sum())
+    print(json.dumps({'pixels': int(valid.size), 'tiles': len(plan.boxes),
+                      'max_abs_logit_diff': float(diff.max()), 'differing_mask_pixels': differing,
+                      'identical_logits': bool(torch.equal(streamed, reference))}))
+
+
 def run_child(args, *child_args):
     cmd = [sys.executable, os.path.abspath(__file__), '--_child', *map(str, child_args)]
     for name in ('backbone', 'device', 'threads', 'batch_size', 'tile', 'num_workers', 'eval_batches'):
@@ -128,6 +168,8 @@ def main(argv=None):
         kind = args._child[0]
         if kind == 'scene':
             child_scene(args, *args._child[1:])
+        elif kind == 'equality':
+            child_equality(args, *args._child[1:])
         else:
             child_eval(args, args._child[1])
         return 0
@@ -154,6 +196,10 @@ def main(argv=None):
               f'peak RSS main {memory["rss_main_mib"]:.0f} MiB, workers {memory["rss_workers_mib"]:.0f} MiB',
               flush=True)
     eval_after, _ = run_child(args, 'eval', checkpoint)
+    if args.equality_size:
+        a, b = scene(args, args.equality_size)
+        equality, _ = run_child(args, 'equality', a, b, checkpoint)
+        results['equality'] = {'size': args.equality_size, **equality}
     batch_tps = (eval_before['tiles_per_second'] + eval_after['tiles_per_second']) / 2
     results['batch_eval_tiles_per_second'] = {'before': eval_before['tiles_per_second'],
                                               'after': eval_after['tiles_per_second'], 'mean': batch_tps}
@@ -170,6 +216,11 @@ def main(argv=None):
         print(f'| {r["size"]}^2 | {r["tiles"]} | {r["scene_tiles_per_second"]:.2f} | {steady:.2f} | '
               f'{100 * r["vs_batch_eval"]:.1f} % | {r["first_batch_seconds"]:.1f} s | '
               f'{r["rss_main_mib"]:.0f} MiB | {r["rss_workers_mib"]:.0f} MiB |')
+    if 'equality' in results:
+        e = results['equality']
+        print(f'streaming vs in-memory sliding window at {e["size"]}^2 ({e["tiles"]} tiles): max |logit '
+              f'difference| {e["max_abs_logit_diff"]:.3g}, differing mask pixels {e["differing_mask_pixels"]} '
+              f'of {e["pixels"]}, logits identical: {e["identical_logits"]}')
     if len(results['scenes']) > 1:
         first, last = results['scenes'][0], results['scenes'][-1]
         ratio = last['rss_main_mib'] / first['rss_main_mib']

@@ -30,6 +30,7 @@ import queue
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.features import shapes
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -83,24 +84,26 @@ class TilePlan:
 
 # ---------------------------------------------------------------------------- tile reading
 
-def normalize_tile(a_rgb, b_rgb, valid, tile_h, tile_w):
-    """(6, tile_h, tile_w) float32 network input: A's then B's RGB normalized exactly as
-    datasets.normalize_pair does; invalid pixels and the padding beyond the image are 0."""
+def normalize_tile(a_rgb, b_rgb, valid, out):
+    """Fill `out` (6, tile_h, tile_w) float32 with the network input: A's then B's RGB
+    normalized exactly as datasets.normalize_pair does; invalid pixels and the padding beyond
+    the image are 0."""
     h, w = valid.shape
-    out = np.zeros((6, tile_h, tile_w), np.float32)
+    out[...] = 0.0
     for k, rgb in enumerate((a_rgb, b_rgb)):
-        x = rgb.astype(np.float32)
+        x = out[3 * k:3 * k + 3, :h, :w]
+        x[...] = rgb                 # uint8 -> float32, exact
         x -= MEAN_CHW
         x /= STD_CHW
-        out[3 * k:3 * k + 3, :h, :w] = x
     inside = out[:, :h, :w]
     inside[:, ~valid] = 0.0
     return out
 
 
 class TileDataset(Dataset):
-    """Tile i of `plan` read from `pair`: (i, input (6, th, tw), valid (th, tw)); a read error
-    comes back as text (a worker's exception would reach the main process as a traceback)."""
+    """Tile i of `plan` read from `pair`: (i, A RGB, B RGB, valid) as uint8/bool arrays of the
+    tile's part inside the scene; a read error comes back as text (a worker's exception would
+    reach the main process as a traceback)."""
 
     def __init__(self, pair, plan):
         self.pair, self.plan = pair, plan
@@ -113,21 +116,34 @@ class TileDataset(Dataset):
         y, x = plan.boxes[index]
         h, w = min(plan.tile_h, plan.height - y), min(plan.tile_w, plan.width - x)
         try:
-            a, b, valid = self.pair.read(Window(x, y, w, h))
+            return (index, *self.pair.read(Window(x, y, w, h)))
         except SceneError as err:
-            return index, None, str(err)
-        img = normalize_tile(a, b, valid, plan.tile_h, plan.tile_w)
-        padded_valid = np.zeros((plan.tile_h, plan.tile_w), bool)
-        padded_valid[:h, :w] = valid
-        return index, torch.from_numpy(img), padded_valid
+            return index, None, None, str(err)
 
 
-def collate_tiles(items):
-    for _, img, extra in items:
-        if img is None:
-            return {'error': extra}
-    return {'index': [i for i, _, _ in items], 'img': torch.stack([img for _, img, _ in items]),
-            'valid': np.stack([v for _, _, v in items])}
+class TileCollate:
+    """Batch of network inputs (B, 6, tile_h, tile_w), normalized straight into one tensor; in
+    a worker that tensor lives in shared memory, so it reaches the main process without a copy
+    (as torch's default_collate does) and the worker's heap does not churn."""
+
+    def __init__(self, tile_h, tile_w):
+        self.tile_h, self.tile_w = tile_h, tile_w
+
+    def __call__(self, items):
+        for _, a, _, extra in items:
+            if a is None:
+                return {'error': extra}
+        shape = (len(items), 6, self.tile_h, self.tile_w)
+        if torch.utils.data.get_worker_info() is not None:
+            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
+            img = torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+        else:
+            img = torch.empty(shape, dtype=torch.float32)
+        valid = np.zeros((len(items), self.tile_h, self.tile_w), bool)
+        for k, (_, a, b, v) in enumerate(items):
+            normalize_tile(a, b, v, out=img[k].numpy())
+            valid[k, :v.shape[0], :v.shape[1]] = v
+        return {'index': [i for i, _, _, _ in items], 'img': img, 'valid': valid}
 
 
 class _WorkerEnv:
@@ -150,74 +166,137 @@ def tile_loader(pair, plan, batch_size, num_workers=0, pin_memory=False, cache_b
     """Batches of consecutive tiles in row-major order (the in-memory path's batches)."""
     init = _WorkerEnv(cache_bytes) if num_workers and cache_bytes else None
     return DataLoader(TileDataset(pair, plan), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=collate_tiles, pin_memory=pin_memory,
+                      num_workers=num_workers, collate_fn=TileCollate(plan.tile_h, plan.tile_w),
+                      pin_memory=pin_memory,
                       prefetch_factor=2 if num_workers else None, worker_init_fn=init)
 
 
 # ----------------------------------------------------------------------- streaming blend
 
-def stream_logits(model, batches, plan, device, amp='none', row_block=ROW_BLOCK, progress=None):
-    """Yield (row0, logits (K, n, width) float32 on `device`, valid (n, width) bool) for the
-    consecutive finished row blocks of the scene (n = row_block, the last block shorter)."""
+@dataclass
+class Block:
+    """Rows [row0, row0 + n) of the blended scene, final. `sums` (K, n, width) and `weights`
+    (n, width) are views into the blend buffer, good until the stream moves on:
+    logits = sums / weights, exactly the in-memory path's division."""
+    row0: int
+    sums: torch.Tensor
+    weights: torch.Tensor
+    valid: np.ndarray
+
+    def logits(self, cols=slice(None)):
+        return self.sums[:, :, cols] / self.weights[:, cols]
+
+
+class RowBlender:
+    """The blend buffer: `tile_h + row_block` rows of the padded width, holding the weighted
+    logit sums, the weight sums and the validity of rows not yet handed out."""
+
+    def __init__(self, plan, device, row_block=ROW_BLOCK):
+        self.plan, self.device, self.row_block = plan, device, row_block
+        if len(plan.boxes) == 1:    # one tile: the model's output as it is, as the in-memory path
+            self.weight = torch.ones(plan.tile_h, plan.tile_w, device=device)
+        else:
+            self.weight = window_weight(plan.tile_h, plan.tile_w, plan.overlap, device)
+        self.rows = plan.tile_h + row_block
+        self.sums = None                                  # (K, rows, padded_w) once K is known
+        self.weights = torch.zeros(self.rows, plan.padded_w, device=device)
+        self.valid = np.zeros((self.rows, plan.width), bool)
+        self.start = 0                                    # scene row of buffer row 0
+        self.tile_row = {y: i for i, y in enumerate(plan.ys)}
+
+    @torch.no_grad()
+    def add(self, index, logits, valid):
+        """Blend tile `index`; returns the scene row above which everything is final when this
+        was the last tile of its tile row, else None."""
+        plan, (th, tw) = self.plan, (self.plan.tile_h, self.plan.tile_w)
+        y, x = plan.boxes[index]
+        if self.sums is None:
+            self.sums = torch.zeros(logits.shape[0], self.rows, plan.padded_w, device=self.device)
+        r = y - self.start
+        self.sums[:, r:r + th, x:x + tw] += logits * self.weight
+        self.weights[r:r + th, x:x + tw] += self.weight
+        h, w = min(th, plan.height - y), min(tw, plan.width - x)
+        self.valid[r:r + h, x:x + w] = valid[:h, :w]
+        if x != plan.xs[-1]:
+            return None
+        row = self.tile_row[y]
+        return plan.height if row == len(plan.ys) - 1 else plan.ys[row + 1]
+
+    def blocks(self, done):
+        """Hand out the final rows below `done` in whole row blocks (all of them at the end)."""
+        final = done == self.plan.height
+        while self.start < done and (final or self.start + self.row_block <= done):
+            n = min(self.row_block, done - self.start)
+            width = self.plan.width
+            yield Block(self.start, self.sums[:, :n, :width], self.weights[:n, :width], self.valid[:n])
+            with torch.no_grad():
+                shift_up(self.sums, n, axis=1)
+                shift_up(self.weights, n, axis=0)
+                shift_up(torch.from_numpy(self.valid), n, axis=0)     # shares valid's memory
+            self.start += n
+
+
+def stream_blocks(model, batches, plan, device, amp='none', row_block=ROW_BLOCK, progress=None):
+    """Yield the scene's finished row blocks (`Block`, views good until the next one) in
+    order, as the tiles of `batches` (tile_loader) come in."""
     device = torch.device(device)
-    if len(plan.boxes) == 1:        # one tile: the model's output as it is, as the in-memory path
-        weight = torch.ones(plan.tile_h, plan.tile_w, device=device)
-    else:
-        weight = window_weight(plan.tile_h, plan.tile_w, plan.overlap, device)
-    th, tw, width = plan.tile_h, plan.tile_w, plan.width
-    cap = th + row_block
-    tile_row = {y: i for i, y in enumerate(plan.ys)}
-    last_x, last_row = plan.xs[-1], len(plan.ys) - 1
-    logits_sum = None
-    weight_sum = torch.zeros(cap, plan.padded_w, device=device)
-    valid = np.zeros((cap, width), bool)
-    start = 0                       # scene row of buffer row 0
+    blender = RowBlender(plan, device, row_block)
     autocast = autocast_context(device, amp)
     for batch in batches:
         if 'error' in batch:
             raise SceneError(batch['error'])
-        finished = []
-        with torch.inference_mode():
-            with autocast:
-                out = model(batch['img'].to(device, non_blocking=True)).float()
-            if logits_sum is None:
-                logits_sum = torch.zeros(out.shape[1], cap, plan.padded_w, device=device)
-            for k, index in enumerate(batch['index']):
-                y, x = plan.boxes[index]
-                r = y - start
-                logits_sum[:, r:r + th, x:x + tw] += out[k] * weight
-                weight_sum[r:r + th, x:x + tw] += weight
-                h, w = min(th, plan.height - y), min(tw, width - x)
-                valid[r:r + h, x:x + w] = batch['valid'][k, :h, :w]
-                if x != last_x:
-                    continue
-                # the last tile of a tile row: rows above the next tile row are final
-                row = tile_row[y]
-                final = row == last_row
-                done = plan.height if final else plan.ys[row + 1]
-                while start < done and (final or start + row_block <= done):
-                    n = min(row_block, done - start)
-                    finished.append((start, logits_sum[:, :n, :width] / weight_sum[:n, :width],
-                                     valid[:n].copy()))
-                    logits_sum = torch.cat([logits_sum[:, n:], logits_sum.new_zeros(
-                        logits_sum.shape[0], n, plan.padded_w)], 1)
-                    weight_sum = torch.cat([weight_sum[n:], weight_sum.new_zeros(n, plan.padded_w)])
-                    valid = np.concatenate([valid[n:], np.zeros((n, width), bool)])
-                    start += n
+        with torch.inference_mode(), autocast:
+            out = model(batch['img'].to(device, non_blocking=True)).float()
+        for k, index in enumerate(batch['index']):
+            done = blender.add(index, out[k], batch['valid'][k])
+            if done is not None:
+                yield from blender.blocks(done)
         if progress is not None:
             progress.update(len(batch['index']))
-        yield from finished
 
 
-def block_outputs(logits, valid):
-    """Mask, probability (uint8 0-254) with nodata, and the float probability, as numpy."""
-    with torch.inference_mode():
-        changed = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
-        prob = logits.softmax(dim=0)[1]
-        prob_u8 = (prob * PROB_SCALE).round().to(torch.uint8).cpu().numpy()
-        prob = prob.cpu().numpy()
-    mask = np.where(valid, changed, NODATA).astype(np.uint8)
-    return mask, np.where(valid, prob_u8, NODATA).astype(np.uint8), prob
+def stream_logits(model, batches, plan, device, amp='none', row_block=ROW_BLOCK):
+    """(row0, logits (K, n, width), valid (n, width)) per finished block, as new tensors (for
+    checks and small scenes; the writer reads the blocks' views in column chunks instead)."""
+    for block in stream_blocks(model, batches, plan, device, amp, row_block):
+        yield block.row0, block.logits(), block.valid.copy()
+
+
+def shift_up(buffer, n, axis):
+    """Move `buffer`'s rows (along `axis`) n up in place and zero the last n. Copied in chunks of
+    n rows, so source and destination never overlap and nothing is allocated: a large
+    allocation per block would fragment the heap that the programs keep (utils/runtime.py)."""
+    rows = buffer.shape[axis]
+    for lo in range(n, rows, n):
+        hi = min(lo + n, rows)
+        buffer.narrow(axis, lo - n, hi - lo).copy_(buffer.narrow(axis, lo, hi - lo))
+    buffer.narrow(axis, rows - n, n).zero_()
+
+
+OUTPUT_CHUNK = 2048          # columns turned into outputs at a time: bounded scratch memory
+
+
+@torch.no_grad()
+def block_outputs(block, keep_prob=False):
+    """Mask (0/1, 255 nodata) and probability (uint8 0-254, 255 nodata) of a block as numpy,
+    and with `keep_prob` the float probability (else None); computed OUTPUT_CHUNK columns at
+    a time, each pixel exactly as the PNG path computes it (argmax, softmax of the logits)."""
+    n, width = block.valid.shape
+    mask = np.empty((n, width), np.uint8)
+    prob_u8 = np.empty((n, width), np.uint8)
+    prob = np.empty((n, width), np.float32) if keep_prob else None
+    for c0 in range(0, width, OUTPUT_CHUNK):
+        cols = slice(c0, min(c0 + OUTPUT_CHUNK, width))
+        logits = block.logits(cols)
+        mask[:, cols] = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+        p = logits.softmax(dim=0)[1]
+        prob_u8[:, cols] = (p * PROB_SCALE).round().to(torch.uint8).cpu().numpy()
+        if keep_prob:
+            prob[:, cols] = p.cpu().numpy()
+    invalid = ~block.valid
+    mask[invalid] = NODATA
+    prob_u8[invalid] = NODATA
+    return mask, prob_u8, prob
 
 
 # --------------------------------------------------------------------------------- writing
@@ -241,7 +320,7 @@ class BackgroundWriter:
     """Runs `consume(item)` on one thread, in order, so that compression and disk writes
     overlap the network; the first error is raised by the next put() or by close()."""
 
-    def __init__(self, consume, depth=2):
+    def __init__(self, consume, depth=1):
         self.consume, self.error = consume, None
         self.queue = queue.Queue(depth)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -272,8 +351,16 @@ MASK_DESCRIPTION = 'change: 0 no, 1 yes, 255 nodata'
 MASK_COLOURS = {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)}
 
 
+def open_raster_quietly(path, mode='r', **profile):
+    """rasterio.open without the warning about a missing geotransform: a plain (not
+    georeferenced) TIFF pair gives plain outputs, which is no news to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', NotGeoreferencedWarning)
+        return rasterio.open(path, mode, **profile)
+
+
 def open_mask(path, final, profile, tags):
-    ds = _guarded(final, rasterio.open, path, 'w', **profile)
+    ds = _guarded(final, open_raster_quietly, path, 'w', **profile)
     ds.update_tags(**tags, FHD_VALUES='0 no change, 1 change, 255 nodata')
     ds.set_band_description(1, MASK_DESCRIPTION)
     ds.write_colormap(1, MASK_COLOURS)
@@ -281,7 +368,7 @@ def open_mask(path, final, profile, tags):
 
 
 def open_prob(path, final, profile, tags):
-    ds = _guarded(final, rasterio.open, path, 'w', **dict(profile, predictor=2))
+    ds = _guarded(final, open_raster_quietly, path, 'w', **dict(profile, predictor=2))
     ds.update_tags(**tags, FHD_VALUES=f'change probability x {PROB_SCALE}, 255 nodata')
     ds.set_band_description(1, f'change probability x {PROB_SCALE}, 255 nodata')
     ds.scales = (1 / PROB_SCALE,)
@@ -383,7 +470,7 @@ def finish_regions(raw_mask_path, regions, transform, pixel_area, min_pixels=0, 
     region's bounding box. Returns (polygons written, regions removed, pixels removed)."""
     polygons = removed = removed_pixels = 0
     pending = []                                  # (top, left, component) of small regions
-    with rasterio.open(raw_mask_path) as src:
+    with open_raster_quietly(raw_mask_path) as src:
         height, width = src.height, src.width
         nxt = 0
         block_rows = range(0, height, ROW_BLOCK) if mask_out is not None else [0]
@@ -505,7 +592,10 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
     complete; on any error none does."""
     a_ds, _ = pair.datasets()
     crs, transform = a_ds.crs, a_ds.transform
+    # workers read (their own cache); the main process then only writes
     cache_bytes = scene_cache_bytes(pair.width, options.tile, pair.itemsize())
+    main_cache = scene_cache_bytes(pair.width, options.tile, pair.itemsize(),
+                                   reading=not options.num_workers)
     pair.close()                    # workers open their own; nothing open is forked
     for path, option in ((outputs.mask, '--out'), (outputs.prob, '--prob'),
                          (outputs.vector, '--vector'), (outputs.summary, 'summary')):
@@ -522,7 +612,7 @@ def run_scene(model, pair, outputs, options, device, tags=None, log=print):
     profile = raster_profile(crs, transform, pair.height, pair.width)
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        stack.enter_context(raster_env(cache_bytes))
+        stack.enter_context(raster_env(main_cache))
         mask_tmp = stack.enter_context(atomic_path(outputs.mask, suffix='.tif'))
         raw_mask = stack.enter_context(scratch_path(outputs.mask)) if min_pixels else mask_tmp
         prob_tmp = stack.enter_context(atomic_path(outputs.prob, suffix='.tif')) if outputs.prob else None
@@ -558,12 +648,11 @@ def _first_pass(model, pair, options, device, cache_bytes, profile, tags, paths,
                          pin_memory=torch.device(device).type == 'cuda', cache_bytes=cache_bytes)
     batches = iter(loader)          # workers start here, before any output file is open
     rasters = SceneRasters(paths, (outputs.mask, outputs.prob), profile, tags, track)
-    writer = BackgroundWriter(rasters.write)
+    writer = BackgroundWriter(rasters.write, depth=1)
     bar = _TimedBar(tqdm(total=len(plan.boxes), unit='tile', desc='scene', dynamic_ncols=True))
     try:
-        for row0, logits, valid in stream_logits(model, batches, plan, device, options.amp,
-                                                 progress=bar):
-            writer.put((row0,) + block_outputs(logits, valid))
+        for block in stream_blocks(model, batches, plan, device, options.amp, progress=bar):
+            writer.put((block.row0,) + block_outputs(block, keep_prob=track))
     finally:
         bar.close()
         try:
