@@ -150,9 +150,16 @@ def scene_outputs(args, job):
     if args.prob:
         prob = str(prob_out.with_suffix('.tif')) if args.input_dir else stem + '_prob.tif'
     outputs = SceneOutputs(mask=str(mask_out), prob=prob, vector=args.vector, summary=stem + '.json')
-    for path, option in ((outputs.mask, '--out'), (outputs.prob, '--prob'), (outputs.vector, '--vector')):
-        if path:
-            check_writable(path, option)
+    named = [(option, path) for option, path in (('--out', outputs.mask), ('--prob', outputs.prob),
+                                                 ('--vector', outputs.vector), ('summary', outputs.summary))
+             if path]
+    taken = {os.path.abspath(job[0]): '--a', os.path.abspath(job[1]): '--b'}
+    for option, path in named:
+        other = taken.setdefault(os.path.abspath(path), option)
+        if other != option:
+            raise InferError(f'{option} {path} is also {other}: give the outputs names of their own')
+    for option, path in named:
+        check_writable(path, option)
     return outputs
 
 

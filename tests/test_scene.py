@@ -507,6 +507,8 @@ def _garbage(path):
     ('overlay', ['--overlay'], '--overlay is for PNG/JPEG pairs'),
     ('vector_name', ['--vector', 'x.shp'], 'GeoJSON'),
     ('not_writable', [], 'is not writable'),
+    ('vector_is_summary', [], '--vector'),
+    ('out_is_input', [], 'is also --a'),
 ])
 def test_cli_bad_scene_input_is_one_line(tmp_path, checkpoint, scene_files, capsys, case, extra, message):
     import infer
@@ -520,11 +522,17 @@ def test_cli_bad_scene_input_is_one_line(tmp_path, checkpoint, scene_files, caps
     elif case == 'not_writable':
         (tmp_path / 'file').write_text('x')
         out = tmp_path / 'file' / 'm.tif'                   # its folder is a file
+    elif case == 'vector_is_summary':
+        extra = ['--vector', str(out.with_suffix('.json'))]
+    elif case == 'out_is_input':
+        out = Path(a)
+    before = Path(a).read_bytes()
     rc = infer.main(['--checkpoint', str(checkpoint), '--backbone', 'mit_b0', '--device', 'cpu',
                      '--a', a, '--b', b, '--out', str(out), '--num-workers', '0'] + extra)
     err = one_error_line(capsys)
     assert rc == 2 and message in err
-    assert not out.exists()
+    assert Path(a).read_bytes() == before
+    assert case == 'out_is_input' or not out.exists()
 
 
 def test_cli_truncated_raster_leaves_nothing_behind(tmp_path, checkpoint, capsys):

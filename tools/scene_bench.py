@@ -4,16 +4,25 @@ the streaming path's equality with the in-memory sliding window.
     python tools/scene_bench.py                         # 2048^2 and 8192^2, mit_b0, CPU, 2 threads
     python tools/scene_bench.py --sizes 1024 2048 --backbone mit_b2 --device cuda
 
-For each size a synthetic scene pair (tools/make_scene.py, cached under --work-dir) goes
-through `infer.py` (run in a fresh child process, random weights of --backbone, --prob on)
-and the child reports its peak resident set (getrusage: the main process, and separately the
-DataLoader worker(s)) and the summary's throughput. Batch-eval throughput is the model's
-forward alone on random (batch, 6, tile, tile) inputs in another child, measured before and
-after the scene runs (the mean of the two is the reference; the machine's speed drifts); the
-scene's rate is taken after its first batch (start-up: workers, the model's first call). The
-equality run streams a --equality-size scene and compares it with
-utils.inference.sliding_window_logits on the whole scene in memory. Prints a table and writes
-JSON (default work_dirs/scene_bench.json).
+Three measurements, each in a fresh child process, random weights of --backbone:
+
+- memory: for each --sizes, a synthetic scene pair (tools/make_scene.py, cached under
+  --work-dir) through `infer.py --prob`; the child reports its peak resident set (getrusage:
+  the main process, and separately the DataLoader worker, whose figure includes the pages it
+  shares with the main process it was forked from);
+- throughput: in one process with one model, alternately the forward pass alone on random
+  (batch, 6, tile, tile) inputs ("batch eval") and the --throughput-size scene (run_scene, as
+  infer.py runs it, with 1 reading worker and with none), --rounds times; each scene run is
+  compared with the mean of the batch-eval runs just before and after it (the machine's speed
+  drifts) and is timed after its first batch (start-up: workers, the model's first call);
+  then "paired" runs: before each of the scene's forward calls an extra forward on random
+  input of the same shape is timed, so batch eval and the scene are measured batch by batch
+  under the same load (the scene's time is its total minus the extra forwards; on a shared
+  machine this is the fairer figure);
+- equality: a --equality-size scene streamed, against utils.inference.sliding_window_logits on
+  the whole scene in memory (same pixels, invalid ones zeroed).
+
+Prints tables and writes JSON (default work_dirs/scene_bench.json).
 """
 import argparse
 import json
@@ -38,6 +47,10 @@ def parse_args(argv=None):
     p.add_argument('--tile', type=int, default=256)
     p.add_argument('--num-workers', type=int, default=None, help="infer.py's default when not given")
     p.add_argument('--eval-batches', type=int, default=20, help='batches per batch-eval measurement')
+    p.add_argument('--rounds', type=int, default=3, help='alternating rounds of the throughput run')
+    p.add_argument('--throughput-size', type=int, default=2048,
+                   help='scene side for the scene vs batch-eval comparison (0: skip)')
+    p.add_argument('--skip-memory', action='store_true', help='no per-size memory runs')
     p.add_argument('--equality-size', type=int, default=2048,
                    help='scene side for the streaming vs in-memory comparison (0: skip)')
     p.add_argument('--work-dir', default='work_dirs/scene_bench')
@@ -74,7 +87,7 @@ def child_eval(args, checkpoint):
     from utils.runtime import keep_freed_memory
     keep_freed_memory()
     device = resolve_device(args.device)
-    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint), device)
+    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint, onnx=None), device)
     x = torch.randn(args.batch_size, 6, args.tile, args.tile, device=device)
 
     def sync():
@@ -106,7 +119,7 @@ def child_equality(args, a, b, checkpoint):
     from utils.scene import TilePlan, stream_logits, tile_loader
     keep_freed_memory()
     device = resolve_device(args.device)
-    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint), device)
+    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint, onnx=None), device)
     pair = open_pair(a, b, log=lambda *_: None)
     plan = TilePlan(pair.height, pair.width, args.tile, 64)
     workers = args.num_workers if args.num_workers is not None else 1
@@ -127,9 +140,83 @@ def child_equality(args, a, b, checkpoint):
                       'identical_logits': bool(torch.equal(streamed, reference))}))
 
 
+def child_throughput(args, a, b, checkpoint):
+    """Alternate, in one process and with one model: batch eval, the scene with 1 reading
+    worker, batch eval, the scene read in the main process; so that each scene run has a
+    batch-eval figure from just before and just after it (the machine's speed drifts)."""
+    import torch
+    torch.set_num_threads(args.threads)
+    import infer
+    from datasets.raster import limit_gdal_cache, open_pair
+    from utils.inference import resolve_device
+    from utils.runtime import keep_freed_memory
+    from utils.scene import SceneOptions, SceneOutputs, run_scene
+    keep_freed_memory()
+    limit_gdal_cache()
+    device = resolve_device(args.device)
+    model = infer.build_model(argparse.Namespace(backbone=args.backbone, checkpoint=checkpoint, onnx=None), device)
+    x = torch.randn(args.batch_size, 6, args.tile, args.tile, device=device)
+    out = os.path.join(args.work_dir, 'out_throughput', 'change.tif')
+    log = []
+    eval_rate(model, x, device, 2)                     # warm-up
+    for _ in range(args.rounds):
+        for workers in (1, 0):
+            log.append(('eval', eval_rate(model, x, device, args.eval_batches)))
+            pair = open_pair(a, b, log=lambda *_: None)
+            options = SceneOptions(tile=args.tile, batch_size=args.batch_size, num_workers=workers)
+            summary = run_scene(model, pair, SceneOutputs(mask=out, prob=out[:-4] + '_prob.tif'), options,
+                                device, log=lambda *_: None)
+            log.append((f'scene_w{workers}', summary['steady_tiles_per_second']))
+    log.append(('eval', eval_rate(model, x, device, args.eval_batches)))
+    paired = []
+    for workers in (1, 0):
+        twin = PairedModel(model, x)
+        pair = open_pair(a, b, log=lambda *_: None)
+        options = SceneOptions(tile=args.tile, batch_size=args.batch_size, num_workers=workers)
+        summary = run_scene(twin, pair, SceneOutputs(mask=out, prob=out[:-4] + '_prob.tif'), options,
+                            device, log=lambda *_: None)
+        scene_seconds = summary['inference_seconds'] - twin.eval_seconds
+        paired.append({'workers': workers, 'tiles': summary['tiles'],
+                       'scene_tiles_per_second': summary['tiles'] / scene_seconds,
+                       'batch_eval_tiles_per_second': summary['tiles'] / twin.eval_seconds})
+    print(json.dumps({'log': log, 'paired': paired}))
+
+
+class PairedModel:
+    """The model, plus before each call an extra forward of the same shape on random input,
+    timed: batch eval measured interleaved with the scene, batch by batch, under the same load
+    (the scene's own time is its total minus these)."""
+
+    def __init__(self, model, example):
+        self.model, self.example, self.eval_seconds = model, example, 0.0
+
+    def __call__(self, x):
+        import torch
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self.model(self.example[:x.shape[0]]).float()
+            if x.device.type == 'cuda':
+                torch.cuda.synchronize()
+        self.eval_seconds += time.perf_counter() - t0
+        return self.model(x)
+
+
+def eval_rate(model, x, device, batches):
+    """Tiles per second of the forward pass alone."""
+    import torch
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            model(x).float()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        return batches * x.shape[0] / (time.perf_counter() - t0)
+
+
 def run_child(args, *child_args):
     cmd = [sys.executable, os.path.abspath(__file__), '--_child', *map(str, child_args)]
-    for name in ('backbone', 'device', 'threads', 'batch_size', 'tile', 'num_workers', 'eval_batches'):
+    for name in ('backbone', 'device', 'threads', 'batch_size', 'tile', 'num_workers', 'eval_batches',
+                 'rounds', 'work_dir'):
         value = getattr(args, name)
         if value is not None:
             cmd += ['--' + name.replace('_', '-'), str(value)]
@@ -162,70 +249,90 @@ def scene(args, size):
     return a, b
 
 
+def memory_runs(args, checkpoint):
+    """One fresh infer.py process per scene size: peak RSS and tiles/s."""
+    rows = []
+    for size in args.sizes:
+        a, b = scene(args, size)
+        out = os.path.join(args.work_dir, f'out_{size}', 'change.tif')
+        memory, _ = run_child(args, 'scene', a, b, out, checkpoint)
+        with open(os.path.splitext(out)[0] + '.json') as f:
+            summary = json.load(f)
+        rows.append({'size': size, 'tiles': summary['tiles'], **memory,
+                     'tiles_per_second': summary['tiles_per_second'],
+                     'steady_tiles_per_second': summary['steady_tiles_per_second'],
+                     'first_batch_seconds': summary['first_batch_seconds']})
+        print(f'{size}^2: {summary["tiles"]} tiles, peak RSS main {memory["rss_main_mib"]:.0f} MiB, '
+              f'worker {memory["rss_workers_mib"]:.0f} MiB', flush=True)
+    return rows
+
+
+def throughput_run(args, checkpoint):
+    """Scene tiles/s against the batch-eval runs just before and after each scene run."""
+    a, b = scene(args, args.throughput_size)
+    measured, _ = run_child(args, 'throughput', a, b, checkpoint)
+    log = measured['log']
+    rounds = []
+    for i, (name, rate) in enumerate(log):
+        if name.startswith('scene'):
+            reference = (log[i - 1][1] + log[i + 1][1]) / 2
+            rounds.append({'variant': name, 'scene_tiles_per_second': rate,
+                           'batch_eval_tiles_per_second': reference, 'ratio': rate / reference})
+    return {'size': args.throughput_size, 'log': log, 'rounds': rounds, 'paired': measured['paired']}
+
+
+def report(args, results):
+    print(f'\n{args.backbone}, {args.device}, {args.threads} threads, batch {args.batch_size}, '
+          f'tile {args.tile} (random weights)')
+    if results.get('memory'):
+        print('| scene | tiles | peak RSS main | peak RSS worker | tiles/s (after the 1st batch) |')
+        print('|---|---|---|---|---|')
+        for r in results['memory']:
+            print(f'| {r["size"]}^2 | {r["tiles"]} | {r["rss_main_mib"]:.0f} MiB | '
+                  f'{r["rss_workers_mib"]:.0f} MiB | {r["steady_tiles_per_second"] or r["tiles_per_second"]:.2f} |')
+        if len(results['memory']) > 1:
+            first, last = results['memory'][0], results['memory'][-1]
+            results['rss_ratio'] = last['rss_main_mib'] / first['rss_main_mib']
+            print(f'peak RSS ratio {last["size"]}^2 / {first["size"]}^2: main {results["rss_ratio"]:.3f}, '
+                  f'worker {last["rss_workers_mib"] / first["rss_workers_mib"]:.3f}')
+    if results.get('throughput'):
+        t = results['throughput']
+        print(f'\nscene {t["size"]}^2 vs batch eval (mean of the runs just before and after):')
+        print('| run | scene tiles/s | batch-eval tiles/s | scene / batch eval |')
+        print('|---|---|---|---|')
+        for r in t['rounds']:
+            print(f'| {r["variant"]} | {r["scene_tiles_per_second"]:.2f} | '
+                  f'{r["batch_eval_tiles_per_second"]:.2f} | {100 * r["ratio"]:.1f} % |')
+        for r in t['paired']:
+            print(f'| paired, {r["workers"]} worker(s) | {r["scene_tiles_per_second"]:.2f} | '
+                  f'{r["batch_eval_tiles_per_second"]:.2f} | '
+                  f'{100 * r["scene_tiles_per_second"] / r["batch_eval_tiles_per_second"]:.1f} % |')
+    if results.get('equality'):
+        e = results['equality']
+        print(f'\nstreaming vs in-memory sliding window at {e["size"]}^2 ({e["tiles"]} tiles): max |logit '
+              f'difference| {e["max_abs_logit_diff"]:.3g}, differing mask pixels {e["differing_mask_pixels"]} '
+              f'of {e["pixels"]}, logits identical: {e["identical_logits"]}')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args._child:
-        kind = args._child[0]
-        if kind == 'scene':
-            child_scene(args, *args._child[1:])
-        elif kind == 'equality':
-            child_equality(args, *args._child[1:])
-        else:
-            child_eval(args, args._child[1])
+        children = {'scene': child_scene, 'equality': child_equality, 'throughput': child_throughput,
+                    'eval': child_eval}
+        children[args._child[0]](args, *args._child[1:])
         return 0
     checkpoint = random_checkpoint(args)
-    scenes = {size: scene(args, size) for size in args.sizes}
     results = {'backbone': args.backbone, 'device': args.device, 'threads': args.threads,
-               'batch_size': args.batch_size, 'tile': args.tile, 'num_workers': args.num_workers,
-               'scenes': []}
-    eval_before, _ = run_child(args, 'eval', checkpoint)
-    for size, (a, b) in scenes.items():
-        out = os.path.join(args.work_dir, f'out_{size}', 'change.tif')
-        t0 = time.perf_counter()
-        memory, _ = run_child(args, 'scene', a, b, out, checkpoint)
-        wall = time.perf_counter() - t0
-        with open(os.path.splitext(out)[0] + '.json') as f:
-            summary = json.load(f)
-        results['scenes'].append({'size': size, 'tiles': summary['tiles'], **memory,
-                                  'scene_tiles_per_second': summary['tiles_per_second'],
-                                  'scene_steady_tiles_per_second': summary['steady_tiles_per_second'],
-                                  'first_batch_seconds': summary['first_batch_seconds'],
-                                  'inference_seconds': summary['inference_seconds'],
-                                  'wall_seconds': round(wall, 1)})
-        print(f'{size}^2: {summary["tiles"]} tiles, {summary["tiles_per_second"]:.2f} tiles/s, '
-              f'peak RSS main {memory["rss_main_mib"]:.0f} MiB, workers {memory["rss_workers_mib"]:.0f} MiB',
-              flush=True)
-    eval_after, _ = run_child(args, 'eval', checkpoint)
+               'batch_size': args.batch_size, 'tile': args.tile, 'num_workers': args.num_workers}
+    if not args.skip_memory:
+        results['memory'] = memory_runs(args, checkpoint)
+    if args.throughput_size:
+        results['throughput'] = throughput_run(args, checkpoint)
     if args.equality_size:
         a, b = scene(args, args.equality_size)
         equality, _ = run_child(args, 'equality', a, b, checkpoint)
         results['equality'] = {'size': args.equality_size, **equality}
-    batch_tps = (eval_before['tiles_per_second'] + eval_after['tiles_per_second']) / 2
-    results['batch_eval_tiles_per_second'] = {'before': eval_before['tiles_per_second'],
-                                              'after': eval_after['tiles_per_second'], 'mean': batch_tps}
-    print()
-    print(f'{args.backbone}, {args.device}, {args.threads} threads, batch {args.batch_size}, tile {args.tile}')
-    print(f'batch eval (forward only): {batch_tps:.2f} tiles/s (before {eval_before["tiles_per_second"]:.2f}, '
-          f'after {eval_after["tiles_per_second"]:.2f})')
-    print('| scene | tiles | scene tiles/s (all) | after the 1st batch | vs batch eval | start-up | '
-          'peak RSS main | peak RSS worker |')
-    print('|---|---|---|---|---|---|---|---|')
-    for r in results['scenes']:
-        steady = r['scene_steady_tiles_per_second'] or r['scene_tiles_per_second']
-        r['vs_batch_eval'] = steady / batch_tps
-        print(f'| {r["size"]}^2 | {r["tiles"]} | {r["scene_tiles_per_second"]:.2f} | {steady:.2f} | '
-              f'{100 * r["vs_batch_eval"]:.1f} % | {r["first_batch_seconds"]:.1f} s | '
-              f'{r["rss_main_mib"]:.0f} MiB | {r["rss_workers_mib"]:.0f} MiB |')
-    if 'equality' in results:
-        e = results['equality']
-        print(f'streaming vs in-memory sliding window at {e["size"]}^2 ({e["tiles"]} tiles): max |logit '
-              f'difference| {e["max_abs_logit_diff"]:.3g}, differing mask pixels {e["differing_mask_pixels"]} '
-              f'of {e["pixels"]}, logits identical: {e["identical_logits"]}')
-    if len(results['scenes']) > 1:
-        first, last = results['scenes'][0], results['scenes'][-1]
-        ratio = last['rss_main_mib'] / first['rss_main_mib']
-        results['rss_ratio_last_first'] = ratio
-        print(f'peak RSS ratio {last["size"]}^2 / {first["size"]}^2 (main process): {ratio:.3f}')
+    report(args, results)
     from utils.fileio import atomic_path
     with atomic_path(args.json, '.json') as tmp, open(tmp, 'w') as f:
         json.dump(results, f, indent=2)
