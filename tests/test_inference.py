@@ -242,3 +242,32 @@ def test_export_bad_input_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith('error:') and 'missing.pth' in err and '\n' not in err
     assert not list(tmp_path.iterdir())                # nothing written
+
+
+@pytest.mark.slow
+def test_infer_py_with_onnx_equals_the_checkpoint(tmp_path):
+    """infer.py --onnx FILE (ONNX Runtime) gives the masks infer.py --checkpoint gives."""
+    pytest.importorskip('onnxruntime')
+    import cv2
+    import infer
+    model = random_bn_model(6)
+    ckpt = tmp_path / 'b0.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    onnx_file = export(ckpt, 'onnx', tmp_path / 'b0.onnx', backbone='mit_b0')
+    rng = np.random.default_rng(0)
+    for name in ('a', 'b'):                    # one tile and a bit: the sliding window runs
+        cv2.imwrite(str(tmp_path / f'{name}.png'), rng.integers(0, 255, (300, 280, 3), np.uint8))
+    common = ['--a', str(tmp_path / 'a.png'), '--b', str(tmp_path / 'b.png'), '--backbone',
+              'mit_b0', '--prob']
+    assert infer.main(['--checkpoint', str(ckpt), '--out', str(tmp_path / 'pt.png'), *common]) == 0
+    assert infer.main(['--onnx', str(onnx_file), '--out', str(tmp_path / 'ort.png'), *common]) == 0
+    pt, ort_mask = (cv2.imread(str(tmp_path / f'{n}.png'), cv2.IMREAD_UNCHANGED) for n in ('pt', 'ort'))
+    assert pt.shape == ort_mask.shape == (300, 280)
+    assert (pt != ort_mask).mean() < 1e-3                  # flips only at a zero margin
+    prob_pt, prob_ort = (cv2.imread(str(tmp_path / f'{n}_prob.png'), cv2.IMREAD_UNCHANGED)
+                         for n in ('pt', 'ort'))
+    assert prob_pt.std() > 1                               # a map that varies, not a constant
+    assert np.abs(prob_pt.astype(int) - prob_ort).max() <= 1
+    with pytest.raises(SystemExit):            # both sources at once: a usage error
+        infer.parse_args(['--onnx', str(onnx_file), '--checkpoint', str(ckpt), *common[:4],
+                          '--out', 'x.png'])
