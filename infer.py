@@ -58,7 +58,9 @@ class InferError(Exception):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--checkpoint', required=True, help='model weights (original FHD release or this project)')
+    p.add_argument('--checkpoint', help='model weights (original FHD release or this project)')
+    p.add_argument('--onnx', metavar='FILE', help='run an exported model (tools/export.py) in ONNX '
+                   'Runtime on the CPU instead of --checkpoint (the fastest CPU path measured)')
     p.add_argument('--backbone', default='mit_b2', help='MiT variant the checkpoint was trained with')
     p.add_argument('--a', help='first-date image')
     p.add_argument('--b', help='second-date image')
@@ -92,6 +94,8 @@ def parse_args(argv=None):
                        help='processes reading windows ahead of the network (default: 1 on CPU, '
                        '4 on CUDA; 0 = read in the main process)')
     args = p.parse_args(argv)
+    if (args.checkpoint is None) == (args.onnx is None):
+        p.error('give exactly one of --checkpoint (PyTorch) or --onnx (an exported model)')
     single = (args.a, args.b, args.out)
     if args.input_dir or args.output_dir:
         if any(single) or not (args.input_dir and args.output_dir):
@@ -193,6 +197,9 @@ def open_scenes(args, scenes):
 
 def build_model(args, device):
     """The network as an opaque callable: normalized (B,6,H,W) float -> (B,2,H,W) logits."""
+    if args.onnx:
+        from models.onnx_model import OnnxFHD
+        return OnnxFHD(args.onnx)
     from models import build_fhd, for_inference, load_checkpoint
     model = build_fhd(backbone=args.backbone)
     load_checkpoint(model, args.checkpoint)
@@ -204,7 +211,8 @@ def run_scene_job(model, pair, outputs, args, device):
     workers = args.num_workers if args.num_workers is not None else (4 if device.type == 'cuda' else 1)
     options = SceneOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                            amp=args.amp, num_workers=workers, min_area=args.min_area)
-    tags = {'FHD_CHECKPOINT': os.path.abspath(args.checkpoint), 'FHD_BACKBONE': args.backbone}
+    tags = {'FHD_CHECKPOINT': os.path.abspath(args.onnx or args.checkpoint),
+            'FHD_BACKBONE': args.backbone}
     summary = run_scene(model, pair, outputs, options, device, tags=tags)
     share = 100 * summary['changed_pixels'] / max(summary['valid_pixels'], 1)
     line = (f'{outputs.mask}: {summary["changed_pixels"]} changed pixels ({share:.2f} % of the '
@@ -226,7 +234,7 @@ def pair_logits(model, a_bgr, b_bgr, device, tile, overlap, batch_size, amp='non
 
 
 def run(args):
-    keep_freed_memory()
+    keep_freed_memory(resolve_device(args.device))
     from datasets import read_pair
 
     if args.tile % 32 or args.tile <= 0:
@@ -238,12 +246,14 @@ def run(args):
     else:
         jobs = [(Path(args.a), Path(args.b), Path(args.out), *map(Path, side_paths(args.out)))]
     scenes = check_scene_args(args, jobs)
-    if not os.path.isfile(args.checkpoint):
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise InferError(f'checkpoint not found: {args.checkpoint} (the released FHD checkpoints are '
                          'linked from the README of github.com/ZSVOS/FHD; put them in model_ckpt/)')
     pairs = open_scenes(args, scenes) if scenes else {}
     scene_out = {job[0]: scene_outputs(args, job) for job in scenes}
-    device = resolve_device(args.device)
+    if args.onnx and (args.device == 'cuda' or args.amp != 'none'):
+        raise InferError('--onnx runs in fp32 on the CPU: drop --device cuda / --amp')
+    device = resolve_device('cpu' if args.onnx else args.device)
     model = build_model(args, device)
 
     for a_path, b_path, mask_out, prob_out, overlay_out in tqdm(jobs, desc='infer', unit='pair',
