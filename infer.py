@@ -36,6 +36,7 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -213,7 +214,8 @@ def run_scene_job(model, pair, outputs, args, device):
                            amp=args.amp, num_workers=workers, min_area=args.min_area)
     tags = {'FHD_CHECKPOINT': os.path.abspath(args.onnx or args.checkpoint),
             'FHD_BACKBONE': args.backbone}
-    summary = run_scene(model, pair, outputs, options, device, tags=tags)
+    with c_stderr_to_devnull():
+        summary = run_scene(model, pair, outputs, options, device, tags=tags)
     share = 100 * summary['changed_pixels'] / max(summary['valid_pixels'], 1)
     line = (f'{outputs.mask}: {summary["changed_pixels"]} changed pixels ({share:.2f} % of the '
             f'{summary["valid_pixels"]} valid), area {summary["changed_area"]:.6g}')
@@ -283,6 +285,36 @@ def user_errors():
     except ImportError:
         return errors
     return errors + (RasterioError,)
+
+
+@contextmanager
+def c_stderr_to_devnull():
+    """libtiff prints some errors ('_tiffWriteProc: File too large.') straight to file descriptor
+    2, besides the GDAL error that reaches us as an exception: for the duration, fd 2 goes to
+    /dev/null and Python's sys.stderr writes to a copy of the real one. Only when sys.stderr is
+    the process's own stream (not a test's capture)."""
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), 'w', buffering=1, encoding=python_stderr.encoding,
+                           errors=python_stderr.errors)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.close(saved)
+        os.close(devnull)
 
 
 def quiet_gdal_log():

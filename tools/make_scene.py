@@ -159,7 +159,8 @@ def draw_picture(out, mask_path, png, panel_width=512, log=print):
     result[mask == 255] = (128, 128, 128)
     changed = mask == 1
     result[changed] = (0.4 * result[changed] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
-    contours, _ = cv2.findContours(label.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    truth = ((label == 1) & (mask != 255)).astype(np.uint8)        # the truth where it was seen
+    contours, _ = cv2.findContours(truth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(result, contours, -1, (0, 255, 0), 1)
     gap = np.full((a.shape[0], 6, 3), 255, np.uint8)
     picture = np.concatenate([a, gap, b, gap, result], 1)

@@ -375,6 +375,28 @@ def open_prob(path, final, profile, tags):
     return ds
 
 
+def check_complete(path, final):
+    """GDAL only logs a write that fails while a file is being closed (its last blocks and the
+    overviews are flushed then) and closes without an error: so reopen the file and check that
+    every block of every level was written and lies inside the file."""
+    size = os.path.getsize(path)
+    try:
+        with open_raster_quietly(path) as ds:
+            levels = [None] + list(range(len(ds.overviews(1))))
+        for level in levels:
+            with open_raster_quietly(path, overview_level=level) as ds:
+                for (i, j), _ in ds.block_windows(1):
+                    offset = int(ds.get_tag_item(f'BLOCK_OFFSET_{j}_{i}', 'TIFF', bidx=1) or 0)
+                    length = int(ds.get_tag_item(f'BLOCK_SIZE_{j}_{i}', 'TIFF', bidx=1) or 0)
+                    if offset <= 0 or length <= 0 or offset + length > size:
+                        raise SceneError(f'writing {final} failed: the file is incomplete (block {i},{j}'
+                                         f'{"" if level is None else f" of overview {level + 1}"} '
+                                         'missing; disk full?); no partial file was left under that name')
+    except RasterioError as err:
+        raise SceneError(f'writing {final} failed: the file cannot be read back ({gdal_message(err)}; '
+                         'disk full?); no partial file was left under that name') from None
+
+
 class SceneRasters:
     """The mask (and probability) GeoTIFFs being written, plus the region tracker and counts.
     `paths` and `finals`: (mask, prob or None) temporary and final names."""
@@ -417,6 +439,9 @@ class SceneRasters:
             for ds, final in ((self.mask, self.finals[0]), (self.prob, self.finals[1])):
                 if ds is not None:
                     _guarded(final, ds.close)
+        for ds, final in ((self.mask, self.finals[0]), (self.prob, self.finals[1])):
+            if ds is not None:
+                check_complete(ds.name, final)
         return self.tracker.close() if self.tracker is not None else None
 
 
@@ -700,6 +725,8 @@ def _second_pass(raw_mask, mask_tmp, regions, transform, area, min_pixels, outpu
         bar.close()
         if mask_out is not None:
             _guarded(outputs.mask, mask_out.close)
+    if mask_out is not None:
+        check_complete(mask_tmp, outputs.mask)
     if vector is not None:
         vector.close()
     return {'regions': int(len(regions)), 'polygons': polygons, 'removed_regions': removed,
