@@ -12,7 +12,7 @@ What differs is where the pixels live:
 - the blend accumulates into a buffer of `tile + 256` rows; when the last tile of a tile row is
   in, the rows above the next tile row are final, and whole 256-row blocks of them are turned
   into mask / probability and handed to a writer thread (compression and disk overlap the
-  network). Memory: the model, a few batches, the buffer (12 bytes per pixel of
+  network). Memory: the model, a few batches, the buffer (13 bytes per pixel of
   (tile + 256) x width) and GDAL's capped block cache - never the scene.
 
 Outputs (GeoTIFF: A's CRS and transform, tiled 256 x 256, DEFLATE, internal overviews, written
