@@ -266,7 +266,7 @@ def test_stretch_options(tmp_path):
 
 # ------------------------------------------------------------------------------------- grids
 
-def test_align_reads_b_on_a_grid(tmp_path):
+def test_align_reads_b_on_a_grid(tmp_path, checkpoint):
     a, _ = textured_pair(80, 100, seed=8)
     # B: the same ground on a grid shifted 6 px east and 4 px south (covering A's right/bottom)
     shifted = from_origin(ORIGIN[0] + 6 * PIXEL, ORIGIN[1] - 4 * PIXEL, PIXEL, PIXEL)
@@ -282,6 +282,13 @@ def test_align_reads_b_on_a_grid(tmp_path):
     inner = valid.copy()
     assert inner[4:, 6:].all()
     assert np.array_equal(ra[:, valid], rb[:, valid])          # whole-pixel shift: bilinear is exact
+    out = tmp_path / 'm.tif'
+    assert infer_main(['--checkpoint', checkpoint, '--backbone', 'mit_b0', '--device', 'cpu', '--a', pa,
+                       '--b', pb, '--out', out, '--align', '--num-workers', '0']) == 0
+    with rasterio.open(out) as ds:
+        assert 'resampled bilinearly' in ds.tags()['FHD_GRID'] and ds.transform == from_origin(*ORIGIN, PIXEL, PIXEL)
+        mask = ds.read(1)
+    assert (mask[:4] == 255).all() and (mask[:, :6] == 255).all() and mask[4:, 6:].max() <= 1
 
 
 def test_grid_mismatch_messages_say_what_differs(tmp_path):
