@@ -116,12 +116,12 @@ def write_scene(out, size, dtype='uint8', seed=0, border=True, log=print):
 
 # ------------------------------------------------------------------------------- the picture
 
-def read_small(path, width, bands=None):
-    """A raster read at about `width` pixels wide (nearest), bands first."""
+def read_small(path, width, bands=None, resampling=rasterio.enums.Resampling.nearest):
+    """A raster read at about `width` pixels wide, bands first."""
     with rasterio.open(path) as ds:
         scale = width / ds.width
         shape = (len(bands) if bands else ds.count, max(1, round(ds.height * scale)), width)
-        return ds.read(bands, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        return ds.read(bands, out_shape=shape, resampling=resampling)
 
 
 def to_display(rgb):
@@ -150,9 +150,10 @@ def scores(mask_path, label_path):
     return 100 * precision, 100 * recall, 100 * f1
 
 
-def draw_picture(out, mask_path, png, panel_width=512, log=print):
-    a = to_display(read_small(os.path.join(out, 'A.tif'), panel_width, [1, 2, 3]))
-    b = to_display(read_small(os.path.join(out, 'B.tif'), panel_width, [1, 2, 3]))
+def draw_picture(out, mask_path, png, panel_width=448, log=print):
+    smooth = rasterio.enums.Resampling.average          # images averaged, masks nearest
+    a = to_display(read_small(os.path.join(out, 'A.tif'), panel_width, [1, 2, 3], smooth))
+    b = to_display(read_small(os.path.join(out, 'B.tif'), panel_width, [1, 2, 3], smooth))
     mask = read_small(mask_path, panel_width)[0]
     label = read_small(os.path.join(out, 'label.tif'), panel_width)[0]
     result = b.copy()
@@ -164,7 +165,7 @@ def draw_picture(out, mask_path, png, panel_width=512, log=print):
     cv2.drawContours(result, contours, -1, (0, 255, 0), 1)
     gap = np.full((a.shape[0], 6, 3), 255, np.uint8)
     picture = np.concatenate([a, gap, b, gap, result], 1)
-    ok, buf = cv2.imencode('.png', picture)
+    ok, buf = cv2.imencode('.png', picture, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     with atomic_path(png, '.png') as tmp, open(tmp, 'wb') as f:
         f.write(buf.tobytes())
     log(f'wrote {png} ({picture.shape[1]}x{picture.shape[0]})')
