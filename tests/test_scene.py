@@ -610,3 +610,19 @@ def test_streaming_memory_does_not_grow_with_the_scene(tmp_path):
         assert res.returncode == 0, res.stderr
         peaks[rows] = int(res.stdout.split()[-1]) / 1024               # MiB
     assert peaks[8192] - peaks[2048] < 30, peaks
+
+
+# ------------------------------------------------------------------------- tools/make_scene.py
+
+def test_make_scene_writes_a_georeferenced_pair_with_truth(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from tools.make_scene import scores, write_scene
+    a, b, label = write_scene(str(tmp_path), 256, dtype='uint16', log=lambda *_: None)
+    with rasterio.open(a) as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.dtypes == ('uint16',) * 3 and ds.nodata == 0
+        img = ds.read()
+    assert (img[:, 0, 0] == 0).all() and (img[:, 128, 128] > 0).all()     # nodata corner, data inside
+    with rasterio.open(label) as ds:
+        truth = ds.read(1)
+    assert 0 < truth.mean() < 0.5
+    assert scores(label, label) == (100.0, 100.0, 100.0)
