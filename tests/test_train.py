@@ -109,7 +109,7 @@ def test_resume_of_another_run_is_a_one_line_error(reference_run, tiny_data, tmp
     base = ['--dataset', 'demo', '--data-root', tiny_data, '--work-dir', str(tmp_path),
             '--max-iters', '8', '--resume', ckpt, *TINY]
     for extra, message in ((['--batch-size', '1'], 'batch_size was 2, now 1'),
-                           (['--lr', '0.001'], 'lr was 0.0003, now 0.001'),
+                           (['--lr', '0.001'], f"lr was {train.PRESET_SCHEDULES['demo']['lr']}, now 0.001"),
                            (['--crop-size', '32'], 'crop was 64, now 32; scale was 128, now 64')):
         rc = train.main(base + extra)
         err = capsys.readouterr().err.strip()
