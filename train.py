@@ -36,11 +36,12 @@ IGNORE_INDEX = 255
 PAPER_SCHEDULE = dict(max_iters=80000, batch_size=16, lr=6e-5, warmup_iters=1500,
                       checkpoint_interval=8000, eval_interval=0, log_interval=50)
 PRESET_SCHEDULES = {
-    # `bash train_eval.sh demo` in under 8 minutes on 2 idle CPU cores (~0.5 s per iteration on
-    # the preset's 64 px crops of its 128 px tiles). From scratch (no ImageNet weights offline)
-    # the paper's 6e-5 is far too slow; with 3e-4 some runs had not yet learnt to compare the
-    # dates when the lr ran out (test F1 76-92 by seed), 4.5e-4 for 700 iterations gave 90.5-93.4
-    # on every seed tried (docs/demo.md). Two checkpoints only: each is 350 MB with the AdamW
+    # `bash train_eval.sh demo` in under 8 minutes on 2 idle CPU cores (0.35 s per iteration on
+    # the preset's 64 px crops of its 128 px tiles on the Intel Xeon it was measured on, 0.5-0.8 s
+    # on an older AMD EPYC). From scratch (no ImageNet weights offline) the paper's 6e-5 is far too
+    # slow; with 3e-4 for 600 iterations some runs had not yet learnt to compare the dates when the
+    # lr ran out (test F1 89.7 / 85.7 / 85.0 for seeds 1208 / 1 / 2); 4.5e-4 for 700 iterations
+    # gave 92.6 / 92.6 / 93.0 (docs/demo.md). Two checkpoints only: each is 350 MB with the AdamW
     # state.
     # From scratch on purpose (`--pretrained PATH` still loads weights): its lr was tuned from
     # scratch, and the same command must give the same result with or without model_ckpt/.
