@@ -14,10 +14,16 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 # FlopCounterMode has no formula for the CPU flash-attention kernel that SDPA dispatches to
-# (counted like the two batched matmuls of plain attention, as the original's bmm), nor for the
-# fused CPU kernels of the inference module (counted as the linear / conv they are).
+# (counted like the two batched matmuls of plain attention, as the original's bmm), for the
+# in-place addmm_ (counted as addmm), nor for the fused CPU kernels of the inference module
+# (counted as the linear / conv they are).
 _CUSTOM_FLOPS = dict(flop_formulas())
+_CUSTOM_FLOPS[torch.ops.aten.addmm_] = _addmm_flop
 if hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu'):
     _CUSTOM_FLOPS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
 

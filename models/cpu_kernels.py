@@ -1,7 +1,7 @@
 """Fused oneDNN kernels for fp32 CPU inference: the only place the project uses private ops.
 
 ``models.inference.for_inference`` decides once, per layer, whether the layer may use a fused
-kernel (a CPU target, a torch build that has the op, a shape where it measured faster). At each
+kernel (a CPU target, a torch build that has the ops). At each
 call the layer still takes the plain op whenever the fused one cannot apply: a CUDA or non-fp32
 tensor, autocast, tracing / ONNX export, torch.compile, or an input that needs gradients (the
 fused ops have no autograd formula). Both forms compute the same function (tests compare them).
@@ -10,17 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# oneDNN's linear beats addmm here for weights with a side of at most 320 features (stages 1-3,
-# decoder levels 1-3): it adds the bias in the GEMM's epilogue instead of first copying it over
-# the whole output (1.05-1.4x per GEMM measured); for stage 4's 512/2048-wide maps it is as fast
-# or slower.
-LINEAR_MAX_SIDE = 320
-
-
 def onednn_available():
     return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
+            and all(hasattr(torch.ops.mkldnn, op) for op in (
+                '_convolution_pointwise', '_linear_pointwise', '_reorder_convolution_weight',
+                '_reorder_linear_weight')))
 
 
 def fused_applies(x):
@@ -34,35 +28,78 @@ def _frozen(t):
     return None if t is None else t.detach().clone()
 
 
+# The fused layers hold their weight twice: as a plain buffer (the module's state: state_dict,
+# .to(), the plain-op fallback) and, derived from it once when the layer is built, in oneDNN's
+# own blocked layout, which spares the reorder oneDNN otherwise does on every call (5-12 % per
+# GEMM or conv measured, bitwise the same result). The module is frozen (built by the
+# transform, no gradients): to follow other weights, build it again.
+
+def pack_linear_weight(weight):
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().cpu())
+
+
+def pack_conv_weight(weight, padding=(0, 0), stride=(1, 1), groups=1):
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        weight.detach().float().cpu(), list(padding), list(stride), [1, 1], groups)
+
+
 class Linear(nn.Module):
-    """y = x W^T + b; oneDNN's linear when ``fused`` and the context allows."""
+    """y = x W^T + b; oneDNN's linear with the packed weight when ``fused`` and the context
+    allows."""
 
     def __init__(self, weight, bias, fused=False):
         super().__init__()
         self.register_buffer('weight', _frozen(weight))
         self.register_buffer('bias', _frozen(bias))
-        self.fused = fused and min(weight.shape) <= LINEAR_MAX_SIDE
+        self.packed = pack_linear_weight(weight) if fused else None
 
     def forward(self, x):
-        if self.fused and fused_applies(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, 'none', [], '')
+        if self.packed is not None and fused_applies(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, 'none', [], '')
         return F.linear(x, self.weight, self.bias)
 
 
-class Conv1x1ReLU(nn.Module):
-    """relu(conv1x1(x) + b); conv and ReLU as one oneDNN kernel when ``fused``."""
+class Conv2d(nn.Module):
+    """A frozen copy of an ``nn.Conv2d`` (no dilation); oneDNN's conv with the packed weight
+    when ``fused`` and the context allows, then the fused ``activation`` ('none', 'relu',
+    'gelu': exact)."""
 
-    def __init__(self, weight, bias, fused=False):
+    def __init__(self, weight, bias, stride=1, padding=0, groups=1, activation='none',
+                 fused=False):
         super().__init__()
         self.register_buffer('weight', _frozen(weight))
         self.register_buffer('bias', _frozen(bias))
-        self.fused = fused
+        self.stride, self.padding = _pair(stride), _pair(padding)
+        self.groups, self.activation = groups, activation
+        self.packed = (pack_conv_weight(weight, self.padding, self.stride, groups) if fused
+                       else None)
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, activation='none', fused=False):
+        assert tuple(conv.dilation) == (1, 1) and conv.padding_mode == 'zeros'
+        return cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.groups, activation,
+                   fused)
 
     def forward(self, x):
-        if self.fused and fused_applies(x):
+        if self.packed is not None and fused_applies(x):
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1, 'relu', [], '')
-        return F.relu(F.conv2d(x, self.weight, self.bias), inplace=True)
+                x, self.packed, self.bias, self.padding, self.stride, [1, 1], self.groups,
+                self.activation, [], 'none' if self.activation == 'gelu' else '')
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        if self.activation == 'relu':
+            return F.relu(y, inplace=True)
+        return F.gelu(y) if self.activation == 'gelu' else y
+
+
+def Conv1x1ReLU(weight, bias, fused=False):
+    """relu(conv1x1(x) + b); conv and ReLU as one oneDNN kernel when ``fused``."""
+    return Conv2d(weight, bias, activation='relu', fused=fused)
+
+
+def DepthwiseConvGELU(conv, fused=False):
+    """Exact GELU of a depthwise 3x3 conv; one pass over the MLP's widest activation when
+    ``fused`` (GELU in the conv's epilogue)."""
+    return Conv2d.of(conv, activation='gelu', fused=fused)
 
 
 class Conv1x1AddReLU(nn.Module):
@@ -72,39 +109,18 @@ class Conv1x1AddReLU(nn.Module):
     def __init__(self, weight, fused=False):
         super().__init__()
         self.register_buffer('weight', _frozen(weight))
-        self.fused = fused
+        self.packed = pack_conv_weight(weight) if fused else None
 
     def forward(self, x, other):
-        if self.fused and fused_applies(x) and fused_applies(other):
+        if self.packed is not None and fused_applies(x) and fused_applies(other):
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, None, [0, 0], [1, 1], [1, 1], 1, 'add', None, 'relu', [], '')
+                x, other, self.packed, None, [0, 0], [1, 1], [1, 1], 1, 'add', None, 'relu', [],
+                '')
         return F.conv2d(x, self.weight).add_(other).relu_()
 
 
-class DepthwiseConvGELU(nn.Module):
-    """Exact GELU of a depthwise 3x3 conv; one pass over the MLP's widest activation when
-    ``fused`` (GELU in the conv's epilogue)."""
-
-    def __init__(self, conv, fused=False):
-        super().__init__()
-        self.register_buffer('weight', _frozen(conv.weight))
-        self.register_buffer('bias', _frozen(conv.bias))
-        self.padding, self.groups = list(conv.padding), conv.groups
-        self.fused = fused
-
-    def forward(self, x):
-        if self.fused and fused_applies(x):
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, self.padding, [1, 1], [1, 1], self.groups,
-                'gelu', [], 'none')
-        return F.gelu(F.conv2d(x, self.weight, self.bias, 1, self.padding, 1, self.groups))
-
-
-def add_relu_(total, other, fused=False):
-    """relu(total + other) written into ``total``: one pass over the map on fp32 CPU."""
-    if fused and fused_applies(total) and fused_applies(other):
-        return torch.ops.aten._add_relu_(total, other)
-    return total.add_(other).relu_()
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
 
 
 def _linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):

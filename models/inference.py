@@ -22,7 +22,7 @@ from . import cpu_kernels as K
 from .fhd import (ConvBNReLU, FeatureDifferentiationLevel, GateBranch,
                   HierarchicalDifferentiation, TimeSpecificAggregation, folded_projections,
                   resize_to_input, split_pair, stack_pair)
-from .mit import EfficientSelfAttention, MiTBlock, MixFFN, tokens_to_map
+from .mit import EfficientSelfAttention, MiTBlock, MiTStage, MixFFN, tokens_to_map
 
 
 def bn_scale_shift(bn):
@@ -53,7 +53,7 @@ class FoldedAttention(nn.Module):
         self.kv = K.Linear(attn.kv.weight, attn.kv.bias, fused)
         self.proj = K.Linear(attn.proj.weight, attn.proj.bias, fused)
         if self.sr_ratio > 1:
-            self.sr = copy.deepcopy(attn.sr)
+            self.sr = K.Conv2d.of(attn.sr, fused=fused)
             self.sr_norm = copy.deepcopy(attn.sr_norm)
 
     keys_values = EfficientSelfAttention.keys_values
@@ -110,6 +110,35 @@ class InferenceBlock(nn.Module):
     def forward(self, x, h, w):
         x = self.attn(self.norm1(x), h, w).add_(x)
         return self.mlp(self.norm2(x), h, w).add_(x)
+
+
+class InferenceStage(nn.Module):
+    """A MiT stage whose blocks run over groups of images (each image's tokens are independent
+    in a block): at 256x256 a batch-8 pair's stage-1 MLP map is 67 MB and spills out of the
+    cache between fc1, the depthwise conv and fc2; over groups of CACHE_GROUP_BYTES it stays."""
+
+    def __init__(self, stage: MiTStage, fused, fold_attention):
+        super().__init__()
+        self.fused = fused
+        self.patch_embed = copy.deepcopy(stage.patch_embed)
+        self.patch_embed.proj = K.Conv2d.of(stage.patch_embed.proj, fused=fused)
+        self.blocks = nn.ModuleList(InferenceBlock(b, fused, fold_attention) for b in stage.blocks)
+        self.norm = copy.deepcopy(stage.norm)
+
+    def forward(self, x):
+        x, h, w = self.patch_embed(x)
+        parts = [x]
+        if self.fused and K.fused_applies(x):
+            # working set: the MLP's fc1 and depthwise-conv outputs
+            hidden = self.blocks[0].mlp.fc1.weight.shape[0]
+            parts = x.split(image_group_size(x, 2 * hidden * h * w))
+        outs = []
+        for part in parts:
+            for block in self.blocks:
+                part = block(part, h, w)
+            outs.append(part)
+        x = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return tokens_to_map(self.norm(x), h, w)
 
 
 class FusedGateBranch(nn.Module):
@@ -212,35 +241,73 @@ def token_context(features, masks):
 
 class InferenceDecoder(nn.Module):
     """FHD levels with folded BNs, then sum_l upsample(W'_l d_l + b'_l) -> ReLU -> classifier,
-    where W'_l, b'_l hold the level projection, the fuse conv's slice and the fuse BN."""
+    where W'_l, b'_l hold the level projection, the fuse conv's slice and the fuse BN.
+
+    On CPU the 768-channel sum at 1/4 resolution is built over groups of images small enough to
+    stay in the cache, level 1's product accumulated into it by the GEMM itself."""
 
     def __init__(self, decoder, fused):
         super().__init__()
         self.fused = fused
         self.levels = nn.ModuleList(FusedLevel(level, fused) for level in decoder.levels)
         scale, shift = bn_scale_shift(decoder.fuse.bn)
+        folded = folded_projections(decoder)
+        # A per-channel constant passes through bilinear upsampling (its weights sum to one), so
+        # every constant (level 1's bias, the BN's shift) is added once, with level 4's map;
+        # level 1's projection then needs no bias and can accumulate into the upsampled sum.
+        constant = scale * folded[0][1] + shift
         projections = []
-        for i, (w, b) in enumerate(folded_projections(decoder)):
-            # a per-channel affine map commutes with bilinear upsampling (its weights sum to
-            # one), so the BN's shift is added once, at level 1, which is never resampled
-            projections.append(K.Linear(scale[:, None] * w, scale * b + (shift if i == 0 else 0),
-                                        fused))
+        for i, (w, b) in enumerate(folded):
+            bias = (None if i == 0 else
+                    scale * b + (constant if i == len(folded) - 1 else 0))
+            projections.append(K.Linear(scale[:, None] * w, bias, fused))
         self.projections = nn.ModuleList(projections)
-        self.classifier = copy.deepcopy(decoder.classifier)
+        self.classifier = K.Conv2d.of(decoder.classifier, fused=fused)
 
     def forward(self, feats_a, feats_b):
         diffs = [level(a, b) for level, a, b in zip(self.levels, feats_a, feats_b)]
+        if self.fused and K.fused_applies(diffs[0]):
+            # working set: the upsampled sum and one upsampled level, 768 channels each
+            width, (h, w) = self.projections[0].weight.shape[0], diffs[0].shape[2:]
+            group = image_group_size(diffs[0], 2 * width * h * w)
+            return torch.cat([self.classifier(self._level_sum(part).relu_())
+                              for part in zip(*(d.split(group) for d in diffs))])
+        return self.classifier(F.relu(self._level_sum(diffs), inplace=True))
+
+    def _level_sum(self, diffs):
+        """sum_l upsample(W'_l d_l + b'_l), channels-last (as fhd.sum_projections); each
+        upsampled map is added and dropped at once, so at most two are alive."""
         size = diffs[0].shape[2:]
-        parts = []
-        for d, proj in zip(diffs, self.projections):   # channels-last, as fhd.sum_projections
+        total = None
+        for d, proj in zip(diffs[:0:-1], self.projections[:0:-1]):      # levels 4, 3, 2
             p = proj(d.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             if p.shape[2:] != size:
                 p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
-            parts.append(p)
-        total = parts[-1]
-        for p in parts[-2:0:-1]:
-            total = total.add_(p)
-        return self.classifier(K.add_relu_(total, parts[0], self.fused))
+            total = p if total is None else total.add_(p)
+        level1 = diffs[0].permute(0, 2, 3, 1)
+        if not (self.fused and K.fused_applies(level1)):
+            return total.add_(self.projections[0](level1).permute(0, 3, 1, 2))
+        # total += d_1 W'_1^T inside the GEMM (beta = 1): no level-1 map, no separate add
+        total = total.contiguous(memory_format=torch.channels_last)
+        tokens = total.permute(0, 2, 3, 1).view(-1, total.shape[1])
+        tokens.addmm_(level1.reshape(-1, level1.shape[3]), self.projections[0].weight.t())
+        return total
+
+
+# Working set of a group of images that still stays in the cache of the 2-core machine the
+# defaults were measured on (Intel Xeon, 2 threads, batch-8 256x256 pairs): the encoder's stage-1
+# blocks took 42 instead of 48 ms over groups of 4 images, the decoder's 768-channel tail 49
+# instead of 74 ms over groups of 2 (docs/performance.md). Groups only change the order in which
+# images are processed, never a value.
+CACHE_GROUP_BYTES = 32 * 2 ** 20
+
+
+def image_group_size(x, values_per_image):
+    """Images per group so that a group's ``values_per_image`` elements fit CACHE_GROUP_BYTES,
+    the batch split into equal-sized groups (at least one image each)."""
+    n = x.shape[0]
+    groups = -(-n * values_per_image * x.element_size() // CACHE_GROUP_BYTES)
+    return max(1, -(-n // max(1, groups)))
 
 
 class InferenceFHD(nn.Module):
@@ -250,8 +317,8 @@ class InferenceFHD(nn.Module):
         super().__init__()
         self.backbone_name = model.backbone_name
         self.encoder = copy.deepcopy(model.encoder)
-        replace_modules(self.encoder, MiTBlock,
-                        lambda m: InferenceBlock(m, fused, fold_attention))
+        replace_modules(self.encoder, MiTStage,
+                        lambda m: InferenceStage(m, fused, fold_attention))
         self.decoder = InferenceDecoder(model.decoder, fused)
 
     def forward_head(self, x):

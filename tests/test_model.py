@@ -118,35 +118,42 @@ def test_bilinear_upsampling_keeps_constants():
 
 @pytest.mark.skipif(not cpu_kernels.onednn_available(), reason='this torch build has no oneDNN fused ops')
 def test_fused_cpu_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeypatch):
-    """The CPU inference module runs dwconv+GELU, conv1x1+ReLU and the narrow linears through
-    oneDNN's fused kernels: they must be taken (counted) and equal the plain ops; under autograd,
-    autocast and tracing the same module falls back to the plain ops."""
+    """The CPU inference module runs every conv and linear through oneDNN's kernels with
+    weights packed once by the transform (dwconv+GELU, conv1x1+ReLU fused): they must be taken
+    (counted, packed) and equal the plain ops; under autograd, autocast and tracing the same
+    module falls back to the plain ops."""
     x = case_input(5, 2, 64, 64)
     calls = {'conv': 0, 'conv_add': 0, 'linear': 0}
+    unpacked = []
     conv, linear = torch.ops.mkldnn._convolution_pointwise, torch.ops.mkldnn._linear_pointwise
 
-    def counting(name, fn):
+    def counting(name, fn, weight_arg):
         def wrapped(*args, **kwargs):
             calls[name] += 1
+            if not args[weight_arg].is_mkldnn:
+                unpacked.append((name, tuple(args[weight_arg].shape)))
             return fn(*args, **kwargs)
         return wrapped
 
     class CountingConv:                        # the op packet with its .binary overload
-        __call__ = staticmethod(counting('conv', conv))
-        binary = staticmethod(counting('conv_add', conv.binary))
+        __call__ = staticmethod(counting('conv', conv, 1))
+        binary = staticmethod(counting('conv_add', conv.binary, 2))
 
     monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', CountingConv())
-    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', linear))
+    monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', counting('linear', linear, 1))
     fused_net = for_inference(model_seed1)
     with torch.no_grad():
         fused = fused_net.forward_head(x)
-    # 16 MiT-b2 blocks (dwconv+GELU); per decoder level 2 masks + 2 x 6 TSA conv+ReLUs + 2 x 2
-    # gate convs = 18, x 4 levels; each TSA's bottleneck as conv + add + ReLU (8)
-    assert calls['conv'] == 16 + 4 * 18 and calls['conv_add'] == 8
-    # at 64x64 the attention of stages 1-3 is folded (no q/proj linears); kv, fc1, fc2 of
-    # stages 1-3 (sides <= 320), the decoder's level projections 1-3 and the context half of
-    # the TSA bottlenecks of levels 1-3 go to oneDNN
-    assert calls['linear'] == 3 * (3 + 4 + 6) + 3 + 2 * 3
+    # encoder: 16 MiT-b2 blocks (dwconv+GELU), 4 patch embeddings, 13 spatial reductions (stages
+    # 1-3); decoder: per level 2 masks + 2 x 6 TSA conv+ReLUs + 2 x 2 gate convs = 18, x 4
+    # levels, the classifier (one image group at this size); each TSA's bottleneck as conv +
+    # add + ReLU (8)
+    assert calls['conv'] == 16 + 4 + 13 + 4 * 18 + 1 and calls['conv_add'] == 8
+    # at 64x64 the attention of stages 1-3 is folded (no q/proj linears): kv of stages 1-3,
+    # q/kv/proj of stage 4, fc1 and fc2 of all 16 blocks, the projections of levels 2-4 (level
+    # 1's accumulates into their sum as addmm_) and the context half of the 8 TSA bottlenecks
+    assert calls['linear'] == (3 + 4 + 6) + 3 * 3 + 2 * 16 + 3 + 8
+    assert not unpacked
     seen = dict(calls)
     with torch.no_grad():
         plain = for_inference(model_seed1, kernels='plain').forward_head(x)
@@ -157,6 +164,39 @@ def test_fused_cpu_kernels_are_used_and_equal_the_plain_ops(model_seed1, monkeyp
     fused_net.forward_head(x.clone().requires_grad_(True))
     torch.jit.trace(fused_net, x, check_trace=False)   # (its check re-runs eager Python)
     assert calls == seen                                # none of these reached a fused kernel
+
+
+def test_image_groups_split_the_batch_evenly_within_the_budget():
+    from models.inference import CACHE_GROUP_BYTES, image_group_size
+    per_image = CACHE_GROUP_BYTES // 4 // 4            # float32 values: 4 images per budget
+    assert image_group_size(torch.zeros(16), per_image) == 4
+    assert image_group_size(torch.zeros(5), 2 * per_image) == 2         # 3 groups: 2, 2, 1
+    assert image_group_size(torch.zeros(8), 8 * per_image) == 1         # one image over budget
+    assert image_group_size(torch.zeros(3), 1) == 3                     # all fit: one group
+    assert image_group_size(torch.zeros(9, dtype=torch.float64), per_image) == 2   # 8-byte values
+
+
+@pytest.mark.skipif(not cpu_kernels.onednn_available(), reason='this torch build has no oneDNN fused ops')
+def test_image_groups_change_no_output(model_seed1, monkeypatch):
+    """The CPU module runs encoder stages and the decoder's 768-channel tail over groups of
+    images; with a budget of one byte every image is its own group. Same logits as one group,
+    as the plain-op module and as the reference path."""
+    import models.inference as inference
+    x = case_input(7, 3, 64, 96)
+    net = for_inference(model_seed1)
+    calls = []
+    for name in ('encoder.stages.0.blocks.0', 'encoder.stages.3.blocks.0', 'decoder.classifier'):
+        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        whole = net(x)
+        assert len(calls) == 3                          # one group each
+        monkeypatch.setattr(inference, 'CACHE_GROUP_BYTES', 1)
+        single = net(x)
+        assert len(calls) == 3 + (6 + 6 + 3)            # one group per image (both dates)
+        plain = for_inference(model_seed1, kernels='plain')(x)
+        ref = reference_path(model_seed1).eval()(x)
+    assert rel_err(single, whole) < 1e-6
+    assert rel_err(single, plain) < 1e-5 and rel_err(single, ref) < 1e-5
 
 
 def attention_pair(dim, heads, sr_ratio):
