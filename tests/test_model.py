@@ -195,7 +195,7 @@ def test_image_groups_change_no_output(model_seed1, monkeypatch):
         assert len(calls) == 3 + (6 + 6 + 3)            # one group per image (both dates)
         plain = for_inference(model_seed1, kernels='plain')(x)
         ref = reference_path(model_seed1).eval()(x)
-    assert rel_err(single, whole) < 1e-6
+    assert rel_err(single, whole) < 1e-5               # GEMM rounding differs with the rows
     assert rel_err(single, plain) < 1e-5 and rel_err(single, ref) < 1e-5
 
 
