@@ -28,30 +28,51 @@ def _frozen(t):
     return None if t is None else t.detach().clone()
 
 
-# The fused layers hold their weight twice: as a plain buffer (the module's state: state_dict,
-# .to(), the plain-op fallback) and, derived from it once when the layer is built, in oneDNN's
-# own blocked layout, which spares the reorder oneDNN otherwise does on every call (5-12 % per
-# GEMM or conv measured, bitwise the same result). The module is frozen (built by the
-# transform, no gradients): to follow other weights, build it again.
+class PackedWeight(nn.Module):
+    """Base of the fused layers. The weight is a plain buffer (the module's state: state_dict,
+    .to(), the plain-op fallback); when ``fused``, ``packed`` holds it in oneDNN's own blocked
+    layout, which spares the reorder oneDNN otherwise does on every call (5-12 % per GEMM or
+    conv measured, bitwise the same result). ``packed`` is derived from the buffer, never
+    stored: when the layer is built, copied or pickled, and after ``load_state_dict``. The
+    layers are frozen (built by the transform, no gradients); edit weights in place and the two
+    part ways, so build the module again instead."""
 
-def pack_linear_weight(weight):
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().cpu())
+    def __init__(self, weight, bias, fused):
+        super().__init__()
+        self.register_buffer('weight', _frozen(weight))
+        self.register_buffer('bias', _frozen(bias))
+        self.fused = fused
+        self.packed = None
+        self.register_load_state_dict_post_hook(_repack_after_load)
+
+    def pack(self, weight):
+        raise NotImplementedError
+
+    def repack(self):
+        self.packed = self.pack(self.weight.detach().float().cpu()) if self.fused else None
+
+    def __getstate__(self):                 # copies and pickles carry the plain weight only
+        return {**super().__getstate__(), 'packed': None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.repack()
 
 
-def pack_conv_weight(weight, padding=(0, 0), stride=(1, 1), groups=1):
-    return torch.ops.mkldnn._reorder_convolution_weight(
-        weight.detach().float().cpu(), list(padding), list(stride), [1, 1], groups)
+def _repack_after_load(module, incompatible_keys):
+    module.repack()
 
 
-class Linear(nn.Module):
+class Linear(PackedWeight):
     """y = x W^T + b; oneDNN's linear with the packed weight when ``fused`` and the context
     allows."""
 
     def __init__(self, weight, bias, fused=False):
-        super().__init__()
-        self.register_buffer('weight', _frozen(weight))
-        self.register_buffer('bias', _frozen(bias))
-        self.packed = pack_linear_weight(weight) if fused else None
+        super().__init__(weight, bias, fused)
+        self.repack()
+
+    def pack(self, weight):
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
 
     def forward(self, x):
         if self.packed is not None and fused_applies(x):
@@ -59,26 +80,27 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class Conv2d(nn.Module):
+class Conv2d(PackedWeight):
     """A frozen copy of an ``nn.Conv2d`` (no dilation); oneDNN's conv with the packed weight
     when ``fused`` and the context allows, then the fused ``activation`` ('none', 'relu',
     'gelu': exact)."""
 
     def __init__(self, weight, bias, stride=1, padding=0, groups=1, activation='none',
                  fused=False):
-        super().__init__()
-        self.register_buffer('weight', _frozen(weight))
-        self.register_buffer('bias', _frozen(bias))
+        super().__init__(weight, bias, fused)
         self.stride, self.padding = _pair(stride), _pair(padding)
         self.groups, self.activation = groups, activation
-        self.packed = (pack_conv_weight(weight, self.padding, self.stride, groups) if fused
-                       else None)
+        self.repack()
 
     @classmethod
     def of(cls, conv: nn.Conv2d, activation='none', fused=False):
         assert tuple(conv.dilation) == (1, 1) and conv.padding_mode == 'zeros'
         return cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.groups, activation,
                    fused)
+
+    def pack(self, weight):
+        return torch.ops.mkldnn._reorder_convolution_weight(
+            weight, self.padding, self.stride, [1, 1], self.groups)
 
     def forward(self, x):
         if self.packed is not None and fused_applies(x):
@@ -102,14 +124,12 @@ def DepthwiseConvGELU(conv, fused=False):
     return Conv2d.of(conv, activation='gelu', fused=fused)
 
 
-class Conv1x1AddReLU(nn.Module):
+class Conv1x1AddReLU(Conv2d):
     """relu(conv1x1(x) + other): the add and the ReLU in the conv's epilogue when ``fused``
     (``other`` must have the output's shape)."""
 
     def __init__(self, weight, fused=False):
-        super().__init__()
-        self.register_buffer('weight', _frozen(weight))
-        self.packed = pack_conv_weight(weight) if fused else None
+        super().__init__(weight, None, fused=fused)
 
     def forward(self, x, other):
         if self.packed is not None and fused_applies(x) and fused_applies(other):

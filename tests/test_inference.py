@@ -113,6 +113,21 @@ def test_inference_module_moves_and_casts_like_any_module():
         assert rel_err(moved(x.double()), exact) < 1e-5
 
 
+def test_inference_module_copies_pickles_and_loads_state_like_any_module(tmp_path):
+    """The CPU module's packed oneDNN weights are derived from its plain buffers: a deep copy
+    or a pickle derives them again, and load_state_dict re-derives them from the loaded
+    weights (without that, the packed kernels would keep computing the old function)."""
+    net, other = for_inference(random_bn_model(5)), for_inference(random_bn_model(6))
+    x = case_input(6, 2, 64, 64)
+    out, other_out = run_eval(net, x), run_eval(other, x)
+    assert rel_err(out, other_out) > 1e-2
+    assert torch.equal(run_eval(copy.deepcopy(net), x), out)
+    torch.save(net, tmp_path / 'net.pt')
+    assert torch.equal(run_eval(torch.load(tmp_path / 'net.pt', weights_only=False), x), out)
+    net.load_state_dict(other.state_dict())
+    assert torch.equal(run_eval(net, x), other_out)
+
+
 def test_autocast_call_leaves_no_trace_in_later_fp32_calls():
     model = random_bn_model(3)
     x = case_input(4, 2, 64, 64)
