@@ -298,7 +298,7 @@ class InferenceDecoder(nn.Module):
 # defaults were measured on (Intel Xeon, 2 threads, batch-8 256x256 pairs): the encoder's stage-1
 # blocks took 42 instead of 48 ms over groups of 4 images, the decoder's 768-channel tail 49
 # instead of 74 ms over groups of 2 (docs/performance.md). Groups only change the order in which
-# images are processed, never a value.
+# images are processed, not the function (GEMM rounding may differ by ~1e-6 with the row count).
 CACHE_GROUP_BYTES = 32 * 2 ** 20
 
 
