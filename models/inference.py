@@ -10,7 +10,8 @@ CPU, the encoder's attention folds its query and output projections into keys an
 the layers use the fused kernels of ``models.cpu_kernels`` (chosen here, once, with a plain-op
 fallback for autocast, tracing, export and torch.compile). The result shares no tensor with the
 source model: training it further, loading other weights or moving it never changes the
-inference module; run the transform again to follow the new weights (about 0.2 s for MiT-b2 on 2 CPU cores).
+inference module; run the transform again to follow the new weights (about 0.2 s for MiT-b2
+on 2 CPU cores).
 """
 import copy
 
