@@ -11,7 +11,7 @@ from datasets import (PRESETS, ChangeDetectionDataset, DatasetError, TrainSample
 from datasets import transforms as T
 from datasets.checks import check_split, read_image_info
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1        # read by conftest.torch_threads
 
 
 def write_sample(root, split, name, size=(32, 32), label=None, img_ext='.png', label_ext='.png',

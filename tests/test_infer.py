@@ -12,7 +12,6 @@ import torch.nn as nn
 from utils.inference import pad_to_multiple, sliding_window_logits, tile_starts
 
 REPO = Path(__file__).resolve().parents[1]
-torch.set_num_threads(2)
 
 
 class PointwiseModel(nn.Module):

@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 CRS = 'EPSG:32633'                                   # UTM 33N: metres
 ORIGIN = (500000.0, 4000000.0)
 PIXEL = 0.5
-torch.set_num_threads(2)
 
 
 def write_tif(path, data, transform=None, crs=CRS, nodata=None, **extra):

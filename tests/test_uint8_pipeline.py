@@ -11,7 +11,7 @@ from datasets import bench
 from datasets import transforms as T
 from datasets.loader import collate_by_shape
 
-torch.set_num_threads(1)
+TORCH_THREADS = 1        # read by conftest.torch_threads
 
 
 # ------------------------------------------------ the plain float implementation (the original)
