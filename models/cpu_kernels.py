@@ -1,14 +1,15 @@
 """Fused oneDNN kernels for fp32 CPU inference: the only place the project uses private ops.
 
 ``models.inference.for_inference`` decides once, per layer, whether the layer may use a fused
-kernel (a CPU target, a torch build that has the ops). At each
-call the layer still takes the plain op whenever the fused one cannot apply: a CUDA or non-fp32
+kernel (a CPU target, a torch build that has the ops) and then packs its weight. At each call
+the layer still takes the plain op whenever the fused one cannot apply: a CUDA or non-fp32
 tensor, autocast, tracing / ONNX export, torch.compile, or an input that needs gradients (the
 fused ops have no autograd formula). Both forms compute the same function (tests compare them).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 
 def onednn_available():
     return (torch.backends.mkldnn.is_available()
