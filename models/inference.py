@@ -128,18 +128,18 @@ class InferenceStage(nn.Module):
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
-        parts = [x]
         if self.fused and K.fused_applies(x):
             # working set: the MLP's fc1 and depthwise-conv outputs
             hidden = self.blocks[0].mlp.fc1.weight.shape[0]
-            parts = x.split(image_group_size(x, 2 * hidden * h * w))
-        outs = []
-        for part in parts:
-            for block in self.blocks:
-                part = block(part, h, w)
-            outs.append(part)
-        x = outs[0] if len(outs) == 1 else torch.cat(outs)
+            x = over_image_groups(lambda part: self._blocks(part, h, w), [x], 2 * hidden * h * w)
+        else:
+            x = self._blocks(x, h, w)
         return tokens_to_map(self.norm(x), h, w)
+
+    def _blocks(self, x, h, w):
+        for block in self.blocks:
+            x = block(x, h, w)
+        return x
 
 
 class FusedGateBranch(nn.Module):
@@ -267,17 +267,18 @@ class InferenceDecoder(nn.Module):
 
     def forward(self, feats_a, feats_b):
         diffs = [level(a, b) for level, a, b in zip(self.levels, feats_a, feats_b)]
-        if self.fused and K.fused_applies(diffs[0]):
-            # working set: the upsampled sum and one upsampled level, 768 channels each
-            width, (h, w) = self.projections[0].weight.shape[0], diffs[0].shape[2:]
-            group = image_group_size(diffs[0], 2 * width * h * w)
-            return torch.cat([self.classifier(self._level_sum(part).relu_())
-                              for part in zip(*(d.split(group) for d in diffs))])
-        return self.classifier(F.relu(self._level_sum(diffs), inplace=True))
+        if not (self.fused and K.fused_applies(diffs[0])):
+            return self.classifier(F.relu(self._level_sum(diffs, accumulate=False), inplace=True))
+        # working set: the upsampled sum and one upsampled level, 768 channels each
+        width, (h, w) = self.projections[0].weight.shape[0], diffs[0].shape[2:]
+        return over_image_groups(
+            lambda *part: self.classifier(self._level_sum(part, accumulate=True).relu_()),
+            diffs, 2 * width * h * w)
 
-    def _level_sum(self, diffs):
+    def _level_sum(self, diffs, accumulate):
         """sum_l upsample(W'_l d_l + b'_l), channels-last (as fhd.sum_projections); each
-        upsampled map is added and dropped at once, so at most two are alive."""
+        upsampled map is added and dropped at once, so at most two are alive. ``accumulate``:
+        level 1's product is added by its GEMM (CPU fast path)."""
         size = diffs[0].shape[2:]
         total = None
         for d, proj in zip(diffs[:0:-1], self.projections[:0:-1]):      # levels 4, 3, 2
@@ -286,7 +287,7 @@ class InferenceDecoder(nn.Module):
                 p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
             total = p if total is None else total.add_(p)
         level1 = diffs[0].permute(0, 2, 3, 1)
-        if not (self.fused and K.fused_applies(level1)):
+        if not accumulate:
             return total.add_(self.projections[0](level1).permute(0, 3, 1, 2))
         # total += d_1 W'_1^T inside the GEMM (beta = 1): no level-1 map, no separate add
         total = total.contiguous(memory_format=torch.channels_last)
@@ -301,6 +302,14 @@ class InferenceDecoder(nn.Module):
 # instead of 74 ms over groups of 2 (docs/performance.md). Groups only change the order in which
 # images are processed, not the function (GEMM rounding may differ by ~1e-6 with the row count).
 CACHE_GROUP_BYTES = 32 * 2 ** 20
+
+
+def over_image_groups(fn, tensors, values_per_image):
+    """``fn`` over consecutive groups of images (``tensors`` split alike along dim 0) whose
+    ``values_per_image`` elements fit CACHE_GROUP_BYTES; the outputs concatenated."""
+    size = image_group_size(tensors[0], values_per_image)
+    outs = [fn(*part) for part in zip(*(t.split(size) for t in tensors))]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def image_group_size(x, values_per_image):
