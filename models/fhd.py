@@ -155,11 +155,11 @@ class FHDDecoder(nn.Module):
 
     def forward(self, feats_a, feats_b):
         diffs = [level(a, b) for level, a, b in zip(self.levels, feats_a, feats_b)]
-        if self.fold:
-            x = F.relu(self.fuse.bn(sum_projections(diffs, folded_projections(self))))
-        else:
-            x = self.fuse(self._concat_projections(diffs))
-        return self.classifier(self.dropout(x))
+        if not self.fold:
+            return self.classifier(self.dropout(self.fuse(self._concat_projections(diffs))))
+        # in place: BN's backward reads its input, not its output
+        x = F.relu(self.fuse.bn(sum_projections(diffs, folded_projections(self))), inplace=True)
+        return pointwise_conv(self.dropout(x), self.classifier)
 
     def _concat_projections(self, diffs):
         """The original order: project to 768, upsample, concatenate [level4..level1]."""
@@ -178,34 +178,42 @@ def folded_projections(decoder):
     """Per level (W_fuse[:, block] @ W_proj, W_fuse[:, block] @ b_proj): the fuse conv's slice
     of each level folded into that level's projection. Differentiable; computed from the
     weights as they are at the call."""
-    w_fuse = decoder.fuse.conv.weight.flatten(1)
-    n, e = len(decoder.level_proj), decoder.embed_dim
-    folded = []
-    for i, proj in enumerate(decoder.level_proj):
-        block = w_fuse[:, (n - 1 - i) * e:(n - i) * e]    # concat order is [level4..level1]
-        folded.append((block @ proj.weight, block @ proj.bias))
-    return folded
+    blocks = decoder.fuse.conv.weight.flatten(1).split(decoder.embed_dim, dim=1)
+    # concat order is [level4..level1]; one split, so its backward is one cat
+    return [(block @ proj.weight, block @ proj.bias)
+            for block, proj in zip(blocks[::-1], decoder.level_proj)]
 
 
-def sum_projections(diffs, folded, linear=F.linear):
+def sum_projections(diffs, folded):
     """sum_l upsample(W_l d_l + b_l): the fuse conv's input-side work at each level's own
     resolution. Channels-last throughout: a token-wise linear map writes NHWC directly, and
-    bilinear upsampling of 768 channels is several times faster in that layout on CPU. The
-    result is NCHW-shaped (channels-last strides)."""
+    bilinear upsampling of 768 channels is several times faster in that layout on CPU.
+
+    Levels 4, 3, 2 are upsampled and summed in place (each upsampled map is a fresh tensor
+    nothing saved for backward); level 1's bias is added with level 4's map (bilinear weights
+    sum to one, so a per-channel constant passes through), which lets its product accumulate
+    into the sum inside the GEMM (addmm, beta = 1): no level-1 map, no separate add. The
+    result is NCHW-shaped with channels-last strides."""
     size = diffs[0].shape[2:]
-    parts = []
-    for d, (w, b) in zip(diffs, folded):
-        p = linear(d.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
+    (w1, b1), total = folded[0], None
+    for d, (w, b) in zip(diffs[:0:-1], folded[:0:-1]):
+        p = F.linear(d.permute(0, 2, 3, 1), w, b + b1 if total is None else b).permute(0, 3, 1, 2)
         if p.shape[2:] != size:
             p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
-        parts.append(p)
-    # Sum in place into an upsampled map (a fresh tensor nothing saved). Not into level 1's
-    # map: that one is a permuted view, and an in-place add on a view makes autograd clone
-    # the whole base in backward.
-    total = parts[-1]
-    for p in parts[-2:0:-1]:
-        total = total.add_(p)
-    return total.add_(parts[0])
+        total = p if total is None else total.add_(p)
+    n, c = total.shape[:2]
+    tokens = total.permute(0, 2, 3, 1).reshape(-1, c)
+    d1 = diffs[0].permute(0, 2, 3, 1)
+    out = torch.addmm(tokens, d1.reshape(-1, d1.shape[3]), w1.t())
+    return out.view(n, *size, c).permute(0, 3, 1, 2)
+
+
+def pointwise_conv(x, conv):
+    """A 1x1 conv as a linear map over the channels of a channels-last map: its backward is
+    two plain GEMMs (a 768->2 conv's backward through the conv kernels costs several times
+    more on CPU)."""
+    w = conv.weight.flatten(1)
+    return F.linear(x.permute(0, 2, 3, 1), w, conv.bias).permute(0, 3, 1, 2)
 
 
 def split_pair(x):
@@ -242,8 +250,10 @@ class FHD(nn.Module):
         # one run of the shared encoder on [A; B]; the reference order keeps the original's
         # contiguous concatenation
         pair = stack_pair(a, b) if self.decoder.fold else torch.cat([a, b], dim=0)
-        feats = self.encoder(pair)
-        return self.decoder([f[:n] for f in feats], [f[n:] for f in feats])
+        # split, not two slices: the backward is one cat per level instead of two zero-filled
+        # full-size gradients and their sum
+        halves = [f.split(n) for f in self.encoder(pair)]
+        return self.decoder([h[0] for h in halves], [h[1] for h in halves])
 
     def forward(self, x):
         return resize_to_input(self.forward_head(x), x)

@@ -116,7 +116,7 @@ def run_train_step_case(case, dtype=torch.float64, device='cpu'):
 
     seen = {}
     hooks = [model.register_forward_hook(lambda m, i, o: seen.__setitem__('logits', o.detach())),
-             model.decoder.classifier.register_forward_hook(
+             model.decoder.register_forward_hook(      # the classifier's output
                  lambda m, i, o: seen.__setitem__('head_out', o.detach()))]
     img = torch.from_numpy(case['input']).to(device=device, dtype=dtype)
     label = torch.from_numpy(case['label']).to(device)
