@@ -186,26 +186,33 @@ def folded_projections(decoder):
 
 def sum_projections(diffs, folded):
     """sum_l upsample(W_l d_l + b_l): the fuse conv's input-side work at each level's own
-    resolution. Channels-last throughout: a token-wise linear map writes NHWC directly, and
-    bilinear upsampling of 768 channels is several times faster in that layout on CPU.
-
-    Levels 4, 3, 2 are upsampled and summed in place (each upsampled map is a fresh tensor
-    nothing saved for backward); level 1's bias is added with level 4's map (bilinear weights
-    sum to one, so a per-channel constant passes through), which lets its product accumulate
-    into the sum inside the GEMM (addmm, beta = 1): no level-1 map, no separate add. The
+    resolution. Level 1's bias is added with level 4's map (bilinear weights sum to one, so a
+    per-channel constant passes through), which lets its product accumulate into the sum of the
+    upsampled levels inside the GEMM (addmm, beta = 1): no level-1 map, no separate add. The
     result is NCHW-shaped with channels-last strides."""
-    size = diffs[0].shape[2:]
-    (w1, b1), total = folded[0], None
-    for d, (w, b) in zip(diffs[:0:-1], folded[:0:-1]):
-        p = F.linear(d.permute(0, 2, 3, 1), w, b + b1 if total is None else b).permute(0, 3, 1, 2)
+    (w1, b1), rest = folded[0], folded[1:]
+    biases = [b for _, b in rest[:-1]] + [rest[-1][1] + b1]
+    total = upsampled_sum(diffs[1:], [lambda x, w=w, b=b: F.linear(x, w, b)
+                                      for (w, _), b in zip(rest, biases)], diffs[0].shape[2:])
+    n, c, h, w = total.shape
+    d1 = diffs[0].permute(0, 2, 3, 1)
+    out = torch.addmm(total.permute(0, 2, 3, 1).reshape(-1, c), d1.reshape(-1, d1.shape[3]), w1.t())
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def upsampled_sum(maps, projections, size):
+    """sum_l upsample(project_l(m_l)) to ``size``, from the coarsest level up. Channels-last
+    throughout: a token-wise projection writes NHWC directly, and bilinear upsampling of 768
+    channels is several times faster in that layout on CPU. Summed in place into the first
+    upsampled map (a fresh tensor nothing saved for backward); each later one is added and
+    dropped at once, so at most two are alive."""
+    total = None
+    for m, project in zip(maps[::-1], projections[::-1]):
+        p = project(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if p.shape[2:] != size:
             p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
         total = p if total is None else total.add_(p)
-    n, c = total.shape[:2]
-    tokens = total.permute(0, 2, 3, 1).reshape(-1, c)
-    d1 = diffs[0].permute(0, 2, 3, 1)
-    out = torch.addmm(tokens, d1.reshape(-1, d1.shape[3]), w1.t())
-    return out.view(n, *size, c).permute(0, 3, 1, 2)
+    return total
 
 
 def pointwise_conv(x, conv):

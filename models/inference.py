@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import cpu_kernels as K
 from .fhd import (ConvBNReLU, FeatureDifferentiationLevel, GateBranch,
                   HierarchicalDifferentiation, TimeSpecificAggregation, folded_projections,
-                  resize_to_input, split_pair, stack_pair)
+                  resize_to_input, split_pair, stack_pair, upsampled_sum)
 from .mit import EfficientSelfAttention, MiTBlock, MiTStage, MixFFN, tokens_to_map
 
 
@@ -276,16 +276,9 @@ class InferenceDecoder(nn.Module):
             diffs, 2 * width * h * w)
 
     def _level_sum(self, diffs, accumulate):
-        """sum_l upsample(W'_l d_l + b'_l), channels-last (as fhd.sum_projections); each
-        upsampled map is added and dropped at once, so at most two are alive. ``accumulate``:
-        level 1's product is added by its GEMM (CPU fast path)."""
-        size = diffs[0].shape[2:]
-        total = None
-        for d, proj in zip(diffs[:0:-1], self.projections[:0:-1]):      # levels 4, 3, 2
-            p = proj(d.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            if p.shape[2:] != size:
-                p = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
-            total = p if total is None else total.add_(p)
+        """sum_l upsample(W'_l d_l + b'_l), channels-last (as fhd.sum_projections).
+        ``accumulate``: level 1's product is added by its GEMM (CPU fast path)."""
+        total = upsampled_sum(diffs[1:], self.projections[1:], diffs[0].shape[2:])
         level1 = diffs[0].permute(0, 2, 3, 1)
         if not accumulate:
             return total.add_(self.projections[0](level1).permute(0, 3, 1, 2))
